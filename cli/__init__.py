@@ -1,0 +1,1 @@
+"""The `segunify` command line: a thin layer over segunify_core."""

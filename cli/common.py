@@ -1,0 +1,26 @@
+"""Helpers the commands share: building the backbone/model on the chosen device."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from segunify_core.backbone import Backbone, choose_precision, create_backbone
+from segunify_core.model import SegUnifyModel, load_model
+from segunify_core.segment import resolve_device
+
+
+def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
+            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]:
+    device = resolve_device(device_name)
+    if model_path:
+        model = load_model(model_path, backbone_weights=backbone_weights)
+        bb = model.backbone
+    else:
+        model, bb = None, create_backbone(backbone, backbone_weights)
+    bb.precision = choose_precision(precision, device)
+    bb.to(device)
+    if not quiet:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        click.echo(f"device: {device.type} ({name}), backbone {bb.spec.name} in {bb.precision}", err=True)
+    return model, bb, device

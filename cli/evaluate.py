@@ -1,0 +1,70 @@
+"""`segunify evaluate MODEL DATA`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from segunify_core.crf import make_crf
+from segunify_core.evaluation import evaluate
+
+from .common import prepare
+from .options import (backbone_weights_option, crf_option, device_option, flip_option, guarded,
+                      precision_option, progress_for, quiet_option, setup_logging)
+
+
+@click.command("evaluate")
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--split", default="test", show_default=True,
+              help="Potsdam split: test (labelled_test.txt), train, unlabelled_train, all_train, all.")
+@click.option("--resolution", type=click.Choice(["224", "320"]), default="224", show_default=True,
+              help="Potsdam evaluation resolution (resize shorter side, centre crop).")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@crf_option
+@flip_option
+@backbone_weights_option
+@device_option
+@precision_option
+@quiet_option
+@click.pass_context
+@guarded
+def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, flip, backbone_weights, device,
+            precision, quiet):
+    """Score a model on labelled data: a Potsdam folder (STEGO/IIC layout) or images/ + labels/.
+
+    One confusion matrix over the whole set, one Hungarian assignment of clusters to classes, then
+    accuracy, mIoU and per-class IoU. With extra clusters, pixels of clusters left unmatched count
+    as errors.
+    """
+    setup_logging(quiet or as_json)
+    model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet or as_json)
+    progress = progress_for(ctx, quiet or as_json)
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        progress("evaluate", done, max(done, 1))
+
+    scores, protocol = evaluate(model, data, split, int(resolution), make_crf(crf), flip, batch_size,
+                                dev.type, step)
+    progress.close()
+    result = {**scores.as_dict(), "protocol": {**protocol, "crf": crf, "flip": flip,
+                                               "model": str(model_path), "backbone": model.config.backbone}}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"protocol: {json.dumps(result['protocol'])}")
+    click.echo(f"Accuracy {100 * scores.accuracy:6.2f}   mIoU {100 * scores.miou:6.2f}")
+    for c, iou in enumerate(scores.per_class_iou):
+        click.echo(f"  class {c}: IoU {100 * iou:6.2f}")
+    click.echo("confusion matrix (rows: clusters, columns: classes):")
+    for r, row in enumerate(scores.confusion_matrix):
+        mapped = scores.assignment.get(r)
+        click.echo(f"  cluster {r:>2} -> {('class ' + str(mapped)) if mapped is not None else 'unmatched'}: "
+                   + " ".join(f"{v:>10d}" for v in row))
+    if scores.unmatched_clusters:
+        click.echo(f"unmatched clusters {scores.unmatched_clusters}: their pixels count as errors.")

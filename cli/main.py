@@ -1,0 +1,27 @@
+"""`segunify`: train, tile-segment, evaluate, vectorize, batch, backbones."""
+
+from __future__ import annotations
+
+import click
+
+from . import backbones, batch, evaluate, tile_segment, train, vectorize
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--progress", type=click.Choice(["bar", "json", "none"]), default="bar", hidden=True,
+              help="Progress output (json: one JSON object per line, for the QGIS plugin).")
+@click.version_option(package_name="segunify")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, progress: str) -> None:
+    """Unsupervised segmentation of aerial and satellite imagery."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(debug=debug, progress=progress)
+
+
+for module in (train, tile_segment, evaluate, vectorize, batch, backbones):
+    cli.add_command(module.command)
+
+
+def main() -> None:
+    cli(obj={})

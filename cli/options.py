@@ -1,0 +1,125 @@
+"""Click options shared by several commands, and the run wrapper that turns errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+import click
+
+from segunify_core.backbone import DEFAULT_BACKBONE
+from segunify_core.crf import CRF_CHOICES
+from segunify_core.errors import SegUnifyError
+
+backbone_option = click.option(
+    "--backbone", default=DEFAULT_BACKBONE, show_default=True,
+    help="Backbone: dino_vits8, dino_vits16, dino_vitb8, dino_vitb16, dinov2_vits14, dinov2_vitb14 "
+         "or any timm ViT name (see `segunify backbones`).")
+backbone_weights_option = click.option(
+    "--backbone-weights", type=click.Path(dir_okay=False), default=None,
+    help="Local backbone checkpoint (official DINO .pth or timm .safetensors/.pth) instead of "
+         "timm's hub download.")
+crf_option = click.option("--crf", type=click.Choice(CRF_CHOICES), default="none", show_default=True,
+                          help="Dense CRF refinement; auto prefers pydensecrf, else the torch backend.")
+flip_option = click.option("--flip/--no-flip", default=True, show_default=True,
+                           help="Average the codes of each window and its horizontal flip.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where the model runs.")
+precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+                                show_default=True,
+                                help="Backbone precision; auto uses bfloat16 where the hardware runs it natively.")
+bands_option = click.option("--bands", default=None,
+                            help="Bands to use, e.g. 1,2,3 or 1 (repeated as grey). Default: the first "
+                                 "three, or the single band.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+
+
+class Progress:
+    """Progress as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
+
+    def __init__(self, mode: str):
+        self.mode, self.bars, self.last = mode, {}, {}
+
+    def __call__(self, phase: str, done: int, total: int, stats: dict | None = None) -> None:
+        if self.mode == "json":
+            pct = int(100 * done / max(total, 1))
+            if self.last.get(phase) != pct or done == total:
+                self.last[phase] = pct
+                print(json.dumps({"type": "progress", "phase": phase, "done": done, "total": total,
+                                  "percent": pct}), flush=True)
+        elif self.mode == "bar":
+            from tqdm import tqdm
+
+            bar = self.bars.get(phase)
+            if bar is None:
+                bar = self.bars[phase] = tqdm(total=total, desc=phase, unit="win" if phase != "train" else "step",
+                                              dynamic_ncols=True, file=sys.stderr)
+            bar.update(done - bar.n)
+            if stats:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", refresh=False)
+            if done >= total:
+                bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def progress_for(ctx: click.Context, quiet: bool) -> Progress:
+    mode = ctx.obj.get("progress", "bar") if ctx.obj else "bar"
+    return Progress("none" if quiet and mode == "bar" else mode)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def guarded(func: Callable) -> Callable:
+    """Run a command: user errors as one line and exit 1, Ctrl-C/SIGTERM as exit 130, tracebacks only
+    with --debug. Cleanup of partial output happens in the core's own finally blocks."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
+        json_mode = bool(ctx.obj and ctx.obj.get("progress") == "json")
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+        def fail(message: str, code: int) -> None:
+            if json_mode:
+                print(json.dumps({"type": "error", "message": message}), flush=True)
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(code)
+
+        try:
+            return func(*args, **kwargs)
+        except SegUnifyError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc), 1)
+        except KeyboardInterrupt:
+            fail("Interrupted; no output was written.", 130)
+        except MemoryError:
+            fail("Out of memory; lower --batch-size or --window, or close other programs.", 1)
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            if exc.errno == 28:
+                fail("The disk is full; free space or write the output to another disk.", 1)
+            fail(f"{exc.strerror or exc} ({exc.filename or 'file'}); check the path and permissions.", 1)
+        except Exception as exc:  # unexpected: still one line unless --debug
+            if debug:
+                traceback.print_exc()
+            fail(f"Unexpected {type(exc).__name__}: {exc}; rerun with --debug for the traceback.", 1)
+
+    return wrapper
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)

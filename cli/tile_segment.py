@@ -1,0 +1,88 @@
+"""`segunify tile-segment INPUT OUTPUT`."""
+
+from __future__ import annotations
+
+import click
+
+from segunify_core.crf import make_crf
+from segunify_core.model import save_model
+from segunify_core.raster_io import parse_bands
+from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
+
+from .common import prepare
+from .options import (backbone_option, backbone_weights_option, bands_option, crf_option, device_option,
+                      flip_option, guarded, precision_option, progress_for, quiet_option, setup_logging)
+
+F = SelfFitOptions(classes=0)
+
+
+@click.command("tile-segment")
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", type=click.Path(), default=None, help="Model file from `segunify train`.")
+@click.option("--classes", type=int, default=None, help="Without --model: fit K classes on the input itself.")
+@click.option("--extra-clusters", default=0, show_default=True, help="Self-fit: prototypes beyond K.")
+@click.option("--fit-steps", default=F.steps, show_default=True, help="Self-fit: training steps.")
+@click.option("--fit-windows", default=F.max_windows, show_default=True, help="Self-fit: windows sampled from the input.")
+@click.option("--shift-intra", default=F.shift_intra, show_default=True, help="Self-fit: closeness shift b1.")
+@click.option("--shift-inter", default=F.shift_inter, show_default=True, help="Self-fit: cross-image shift b2.")
+@click.option("--seed", default=0, show_default=True, help="Self-fit: random seed.")
+@click.option("--save-model", "save_model_path", type=click.Path(dir_okay=False), default=None, help="Self-fit: keep the fitted model.")
+@click.option("--window", default=320, show_default=True, help="Window size in model pixels.")
+@click.option("--stride", default=256, show_default=True, help="Window stride in model pixels.")
+@click.option("--batch-size", default=4, show_default=True, help="Windows per backbone call.")
+@click.option("--native-resolution", is_flag=True, help="Do not resample the input to the model's GSD.")
+@click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
+              help="Also write the blended class probabilities to this GeoTIFF.")
+@click.option("--probabilities-dtype", type=click.Choice(["float16", "uint8"]), default="float16", show_default=True)
+@click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).")
+@click.option("--preview", type=click.Path(dir_okay=False), default=None, help="Write a PNG of image, classes and overlay.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@bands_option
+@crf_option
+@flip_option
+@backbone_option
+@backbone_weights_option
+@device_option
+@precision_option
+@quiet_option
+@click.pass_context
+@guarded
+def command(ctx, input_path, output_path, model_path, classes, extra_clusters, fit_steps, fit_windows,
+            shift_intra, shift_inter, seed, save_model_path, window, stride, batch_size, native_resolution,
+            probabilities, probabilities_dtype, cog, preview, overwrite, bands, crf, flip, backbone,
+            backbone_weights, device, precision, quiet):
+    """Segment a raster of any size into a class raster on exactly the input's grid.
+
+    With --model the labels come from the model's global prototypes; with --classes K (no model)
+    a model is first fitted on windows of the input itself (self-fit).
+    """
+    setup_logging(quiet)
+    if model_path is None and classes is None:
+        raise click.UsageError("pass --model MODEL, or --classes K to fit a model on the input itself.")
+    if model_path is not None and classes is not None:
+        raise click.UsageError("--classes is for self-fit; a model file already fixes the classes.")
+    model, bb, dev = prepare(model_path, backbone, backbone_weights, device, precision, quiet)
+    fit = None
+    if model is None:
+        fit = SelfFitOptions(classes=classes, extra_clusters=extra_clusters, steps=fit_steps,
+                             max_windows=fit_windows, shift_intra=shift_intra, shift_inter=shift_inter, seed=seed)
+    options = SegmentOptions(window=window, stride=stride, batch_size=batch_size, flip=flip,
+                             native_resolution=native_resolution, bands=parse_bands(bands),
+                             probabilities=probabilities, probabilities_dtype=probabilities_dtype, cog=cog,
+                             overwrite=overwrite, preview=preview, device=dev.type)
+    refiner = make_crf(crf)
+    if refiner is not None and not quiet:
+        click.echo(f"CRF: {refiner.name}", err=True)
+    progress = progress_for(ctx, quiet)
+    try:
+        report = segment_raster(input_path, output_path, model, options, crf=refiner, fit=fit, backbone=bb,
+                                progress=progress)
+    finally:
+        progress.close()
+    if save_model_path:
+        save_model(report.model, save_model_path)
+    if not quiet:
+        note = f", resampled x{1 / report.scale:.3g} to the model's GSD" if report.scale != 1.0 else ""
+        click.echo(f"wrote {report.output}: {report.width} x {report.height} px, {report.classes} classes, "
+                   f"{report.windows} windows{note}", err=True)

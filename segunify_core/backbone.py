@@ -1,0 +1,253 @@
+"""Frozen ViT backbones: a small registry of DINO names over timm, and checkpoint loading.
+
+The backbone maps ImageNet-normalised RGB (B, 3, H, W) to the last block's patch tokens after
+the final norm, as a (B, C, H/p, W/p) grid. It is frozen and always in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import SegUnifyError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    timm_name: str
+    patch_size: int
+    width: int
+    description: str
+
+
+# Short names users know from the DINO papers, mapped to timm's published copies of the weights.
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("dino_vits8", "vit_small_patch8_224.dino", 8, 384, "DINO ViT-S/8 (default)"),
+        BackboneSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
+        BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, "DINO ViT-B/8 (Potsdam reference)"),
+        BackboneSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, "DINO ViT-B/16"),
+        BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
+        BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14"),
+    )
+}
+DEFAULT_BACKBONE = "dino_vits8"
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Return the spec of a registered short name or of any timm ViT model name."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    import timm
+
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        known = ", ".join(BACKBONES)
+        raise SegUnifyError(
+            f"Unknown backbone '{name}': use one of {known} or a timm ViT model name "
+            "(see `segunify backbones`)."
+        )
+    model = _create_timm(name, pretrained=False)
+    return BackboneSpec(name, name, _patch_size(model), int(model.num_features), "timm model")
+
+
+def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+    if not isinstance(model, VisionTransformer):
+        raise SegUnifyError(
+            f"Backbone '{timm_name}' is not a Vision Transformer; choose a timm ViT model "
+            "(names starting with vit_)."
+        )
+    return model
+
+
+def _patch_size(model: nn.Module) -> int:
+    size = model.patch_embed.patch_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """Accept official DINO files (plain, or training checkpoints with teacher/student) and timm."""
+    state = checkpoint
+    for key in ("teacher", "model", "state_dict", "student"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SegUnifyError("The backbone weights file holds no tensor state dict; pass an official "
+                            "DINO/DINOv2 .pth or a timm .safetensors/.pth checkpoint.")
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.startswith("head.") or key.startswith("head_drop."):
+            continue  # DINO projection heads and classifier heads are not part of the feature extractor
+        out[key] = value
+    return out
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without running code: safetensors, or torch.load with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the path given to "
+                            "--backbone-weights.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return _unwrap_state_dict(load_file(str(path)))
+        return _unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    except SegUnifyError:
+        raise
+    except Exception as exc:  # corrupt or pickled-with-code files end here, nothing is executed
+        raise SegUnifyError(
+            f"Cannot read backbone weights '{path}' ({type(exc).__name__}); pass an official DINO "
+            ".pth or a timm .safetensors/.pth checkpoint."
+        ) from None
+
+
+class Backbone(nn.Module):
+    """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p)."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.model = model
+        self.patch_size = _patch_size(model)
+        self.width = int(model.num_features)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.precision = "fp32"
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        return super().train(False)  # frozen: dropout and stochastic depth stay off
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
+        return (rgb.float() / 255.0 - self.mean) / self.std
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return torch.autocast(device_type=device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb: (B, 3, H, W) in 0..255, H and W multiples of the patch size."""
+        b, _, h, w = rgb.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
+        x = self.normalize(rgb)
+        with self.autocast(x.device):
+            tokens = self.model.forward_features(x)
+        grid = tokens[:, self.num_prefix_tokens:, :].float()
+        return grid.transpose(1, 2).reshape(b, self.width, h // p, w // p).contiguous()
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
+                    pretrained: bool = True) -> Backbone:
+    """Build a frozen backbone by short name or timm name.
+
+    weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth). Without
+    it and with pretrained=True the weights come from timm's hub download (cached). pretrained=False
+    gives random weights (tests and benchmarks).
+    """
+    spec = resolve_backbone(name)
+    if weights is not None:
+        model = _create_timm(spec.timm_name, pretrained=False)
+        load_weights(model, Path(weights))
+    elif pretrained:
+        try:
+            model = _create_timm(spec.timm_name, pretrained=True)
+        except SegUnifyError:
+            raise
+        except Exception as exc:
+            raise SegUnifyError(
+                f"Could not download the weights of backbone '{spec.name}' ({type(exc).__name__}); "
+                "on a machine without internet pass a local checkpoint with --backbone-weights FILE "
+                "(official DINO .pth or timm .safetensors/.pth)."
+            ) from None
+    else:
+        model = _create_timm(spec.timm_name, pretrained=False)
+    return Backbone(spec, model)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a local checkpoint into a timm ViT, converting official layouts via timm's filter."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = read_checkpoint(path)
+    try:
+        state = checkpoint_filter_fn(state, model)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1][:200]
+        raise SegUnifyError(
+            f"Backbone weights '{path}' do not fit this backbone ({first}); pass the checkpoint of "
+            "the backbone named with --backbone."
+        ) from None
+    missing = [k for k in missing if not k.startswith("head")]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise SegUnifyError(
+            f"Backbone weights '{path}' do not fit this backbone ({detail}); pass the checkpoint of "
+            "the backbone named with --backbone."
+        )
+
+
+def weights_cached(name: str) -> bool:
+    """True when timm's hub download of this backbone is already in the local cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        spec = resolve_backbone(name)
+        cfg = get_pretrained_cfg(spec.timm_name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+        if not hub_id:
+            return False
+        hit = try_to_load_from_cache(hub_id, "model.safetensors")
+        return isinstance(hit, str)
+    except Exception:
+        return False
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX-512 BF16 or AMX, where bfloat16 matrix products run natively."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """fp32 or bf16. auto: bf16 on CUDA GPUs that support it and on CPUs with native bfloat16."""
+    if requested in ("fp32", "bf16", "fp16"):
+        return requested
+    if requested != "auto":
+        raise SegUnifyError(f"Unknown precision '{requested}'; use auto, fp32 or bf16.")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"

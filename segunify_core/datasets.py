@@ -1,0 +1,214 @@
+"""Image sources for training and evaluation: rasters, the Potsdam (STEGO/IIC) layout, and
+folders of images with label rasters."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+
+from .errors import SegUnifyError
+from .raster_io import IMAGE_SUFFIXES, RasterReader, ground_sampling_distance, list_images
+
+POTSDAM_SPLITS = {
+    "test": ("labelled_test.txt",),
+    "train": ("labelled_train.txt",),
+    "unlabelled_train": ("unlabelled_train.txt",),
+    "all_train": ("labelled_train.txt", "unlabelled_train.txt"),
+    "all": ("all.txt",),
+}
+# ISPRS six classes -> three: roads+cars, buildings+clutter, low vegetation+trees; 255 ignored.
+POTSDAM_FINE_TO_COARSE = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
+POTSDAM_CLASS_NAMES = ("roads and cars", "buildings and clutter", "vegetation and trees")
+IGNORE = -1
+
+
+class ArrayImage:
+    """An in-memory RGB image with the same read interface as RasterReader."""
+
+    def __init__(self, rgb: np.ndarray, name: str):
+        self.rgb = rgb.astype(np.float32)  # (3, H, W), 0..255
+        self.name = name
+        self.gsd: float | None = None
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[2]
+
+    def read(self, window: Window, out_shape: tuple[int, int] | None = None,
+             resampling=None) -> tuple[np.ndarray, np.ndarray]:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        crop = self.rgb[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
+        if out_shape and tuple(out_shape) != crop.shape[1:]:
+            crop = resize_image(crop, out_shape)
+        return crop, np.ones(crop.shape[1:], bool)
+
+    def close(self) -> None:
+        pass
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(rgb))[None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0].numpy()
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(labels.astype(np.int64)))[None, None].float()
+    return F.interpolate(t, size=size, mode="nearest")[0, 0].long().numpy()
+
+
+def _mat(path: Path, key: str) -> np.ndarray:
+    from scipy.io import loadmat
+
+    try:
+        return np.asarray(loadmat(str(path))[key])
+    except Exception:
+        raise SegUnifyError(f"Cannot read '{path}' as a Potsdam .mat file with key '{key}'; check the "
+                            "download (STEGO's potsdam.zip).") from None
+
+
+def potsdam_root(path: str | Path) -> Path | None:
+    """The folder holding imgs/, gt/ and the split lists, given it or its parent; else None."""
+    path = Path(path)
+    for candidate in (path, path / "potsdam"):
+        if (candidate / "imgs").is_dir() and any((candidate / f).is_file()
+                                                 for files in POTSDAM_SPLITS.values() for f in files):
+            return candidate
+    return None
+
+
+def potsdam_ids(root: Path, split: str) -> list[str]:
+    if split not in POTSDAM_SPLITS:
+        raise SegUnifyError(f"Unknown Potsdam split '{split}'; use one of {', '.join(POTSDAM_SPLITS)}.")
+    ids: list[str] = []
+    for name in POTSDAM_SPLITS[split]:
+        path = root / name
+        if not path.is_file():
+            raise SegUnifyError(f"Potsdam split list '{path}' is missing; the folder must hold the "
+                                "IIC split lists (labelled_train.txt, unlabelled_train.txt, "
+                                "labelled_test.txt).")
+        ids.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return ids
+
+
+def potsdam_image(root: Path, image_id: str) -> np.ndarray:
+    """RGB (3, H, W) float in 0..255; the IR band is dropped."""
+    img = _mat(root / "imgs" / f"{image_id}.mat", "img")
+    rgb = img[..., :3].astype(np.float32)
+    if np.issubdtype(img.dtype, np.floating) and rgb.max() <= 1.0:
+        rgb *= 255.0
+    return rgb.transpose(2, 0, 1)
+
+
+def potsdam_labels(root: Path, image_id: str, coarse: bool = True) -> np.ndarray:
+    """Labels (H, W) int64, 3 coarse classes with -1 ignored; all -1 when the gt file is absent."""
+    path = root / "gt" / f"{image_id}.mat"
+    if not path.is_file():
+        return None  # type: ignore[return-value]
+    fine = _mat(path, "gt").astype(np.int64)
+    if fine.ndim == 3:
+        fine = fine[..., 0]
+    if not coarse:
+        return np.where(fine == 255, IGNORE, fine)
+    out = np.full(fine.shape, IGNORE, np.int64)
+    for f, c in POTSDAM_FINE_TO_COARSE.items():
+        out[fine == f] = c
+    return out
+
+
+@dataclasses.dataclass
+class TrainingImage:
+    """A training image opened on demand: a raster file or a Potsdam .mat."""
+
+    path: Path
+    potsdam_id: str | None = None
+
+    def open(self, bands: Sequence[int] | None):
+        if self.potsdam_id is not None:
+            return ArrayImage(potsdam_image(self.path, self.potsdam_id), self.potsdam_id)
+        reader = RasterReader.open(self.path, bands)
+        reader.gsd = ground_sampling_distance(reader.ds)  # type: ignore[attr-defined]
+        return reader
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}:{self.potsdam_id}" if self.potsdam_id else str(self.path)
+
+
+def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train") -> list[TrainingImage]:
+    """Folders and files of GeoTIFF/PNG/JPEG images, or a Potsdam root (its training splits)."""
+    images: list[TrainingImage] = []
+    plain: list[str | Path] = []
+    for entry in data:
+        root = potsdam_root(entry)
+        if root is not None:
+            images.extend(TrainingImage(root, i) for i in potsdam_ids(root, potsdam_split))
+        else:
+            plain.append(entry)
+    images.extend(TrainingImage(p) for p in list_images(plain))
+    if not images:
+        raise SegUnifyError(f"No images found in {', '.join(map(str, data))}; pass folders or files "
+                            f"of {', '.join(sorted(IMAGE_SUFFIXES))} images.")
+    return images
+
+
+@dataclasses.dataclass
+class EvalSample:
+    name: str
+    rgb: np.ndarray  # (3, H, W) float 0..255
+    labels: np.ndarray  # (H, W) int64, -1 ignored
+
+
+def centre_crop_resize(rgb: np.ndarray, labels: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize the shorter side to `resolution` (labels nearest), then centre-crop a square."""
+    h, w = labels.shape
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    rgb, labels = resize_image(rgb, size), resize_labels(labels, size)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return (rgb[:, top:top + resolution, left:left + resolution],
+            labels[top:top + resolution, left:left + resolution])
+
+
+def potsdam_eval_samples(root: Path, split: str, resolution: int) -> Iterator[EvalSample]:
+    for image_id in potsdam_ids(root, split):
+        labels = potsdam_labels(root, image_id)
+        if labels is None:
+            continue  # unlabelled images do not count
+        rgb, labels = centre_crop_resize(potsdam_image(root, image_id), labels, resolution)
+        yield EvalSample(image_id, rgb, labels)
+
+
+def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
+    images, labels = root / "images", root / "labels"
+    pairs = []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        candidates = [labels / image.name] + sorted(labels.glob(image.stem + ".*"))
+        label = next((c for c in candidates if c.is_file()), None)
+        if label is None:
+            raise SegUnifyError(f"No label raster for '{image.name}' in '{labels}'; every image needs "
+                                "a label raster of the same name.")
+        pairs.append((image, label))
+    if not pairs:
+        raise SegUnifyError(f"No images in '{images}'; the folder needs images/ and labels/.")
+    return pairs
+
+
+def read_label_raster(path: Path) -> np.ndarray:
+    """Integer labels (H, W) with nodata, 255 and negative values set to -1 (ignored)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        data = ds.read(1).astype(np.int64)
+        valid = ds.read_masks(1) > 0
+    data[~valid | (data == 255) | (data < 0)] = IGNORE
+    return data

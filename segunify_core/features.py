@@ -1,0 +1,192 @@
+"""Training windows and their cached backbone features.
+
+The backbone is frozen, so the features of the sampled windows (and of their horizontal flips)
+are computed once per run and kept in a memory-mapped float16 file; training steps after the
+first pass only read this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from .backbone import Backbone
+from .datasets import TrainingImage
+from .errors import SegUnifyError
+
+CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainWindow:
+    image: int  # index into the image list
+    col: float
+    row: float
+    size: float  # side of the square region in source pixels, resampled to the window size
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SEGUNIFY_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "segunify"
+    return base / "features"
+
+
+def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
+                 max_windows: int, seed: int, five_crop: bool = False,
+                 crop_ratio: float = 0.5) -> list[TrainWindow]:
+    """Square regions of the images, resampled to `window` px at training time.
+
+    sizes: (width, height) per image; scales: source pixels per training pixel (GSD matching).
+    Random mode spreads `max_windows` over the images by area (at least one each while the budget
+    lasts) at uniform random positions. Five-crop mode cuts the four corners and the centre at
+    `crop_ratio` of the shorter side. Images smaller than a region are used whole, upsampled.
+    """
+    rng = np.random.default_rng(seed)
+    out: list[TrainWindow] = []
+    if five_crop:
+        for i, (w, h) in enumerate(sizes):
+            side = crop_ratio * min(w, h)
+            for col, row in ((0, 0), (w - side, 0), (0, h - side), (w - side, h - side),
+                             ((w - side) / 2, (h - side) / 2)):
+                out.append(TrainWindow(i, col, row, side))
+        if len(out) > max_windows:
+            keep = np.sort(rng.choice(len(out), max_windows, replace=False))
+            out = [out[k] for k in keep]
+        return out
+    regions = [min(window * s, w, h) for (w, h), s in zip(sizes, scales, strict=True)]
+    areas = np.array([w * h / max(r * r, 1.0) for (w, h), r in zip(sizes, regions, strict=True)])
+    counts = np.ones(len(sizes), int) if max_windows >= len(sizes) else np.zeros(len(sizes), int)
+    if max_windows < len(sizes):
+        counts[rng.choice(len(sizes), max_windows, replace=False)] = 1
+    remaining = max_windows - counts.sum()
+    if remaining > 0:
+        counts += rng.multinomial(remaining, areas / areas.sum())
+    for i, ((w, h), side, n) in enumerate(zip(sizes, regions, counts, strict=True)):
+        for _ in range(n):
+            out.append(TrainWindow(i, float(rng.uniform(0, w - side)), float(rng.uniform(0, h - side)), side))
+    return out
+
+
+def _file_fingerprint(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+
+
+def cache_key(images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
+              backbone: Backbone, backbone_weights: str | None, flip: bool,
+              bands: Sequence[int] | None) -> str:
+    h = hashlib.sha256()
+    payload = {
+        "format": CACHE_FORMAT,
+        "images": [(_file_fingerprint(im.path), im.potsdam_id) for im in images],
+        "windows": [dataclasses.astuple(w) for w in windows],
+        "window": window,
+        "backbone": backbone.spec.timm_name,
+        "weights": _file_fingerprint(Path(backbone_weights)) if backbone_weights else "hub",
+        "precision": backbone.precision,
+        "flip": flip,
+        "bands": list(bands) if bands else None,
+    }
+    h.update(json.dumps(payload, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+class FeatureCache:
+    """A finished cache: features (N, V, C, h, w) float16, memory-mapped read-only."""
+
+    def __init__(self, folder: Path):
+        meta = json.loads((folder / "meta.json").read_text())
+        self.folder = folder
+        self.shape = tuple(meta["shape"])
+        self.features = np.memmap(folder / "features.f16", dtype=np.float16, mode="r", shape=self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def views(self) -> int:
+        return self.shape[1]
+
+    def batch(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        idx = indices.numpy()
+        order = np.argsort(idx)  # sorted reads are kinder to the page cache
+        data = self.features[idx[order], views.numpy()[order]]
+        out = np.empty_like(data)
+        out[order] = data
+        return torch.from_numpy(out.astype(np.float32))
+
+
+def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray], window: int,
+                backbone: Backbone, flip: bool, batch_size: int = 16, device: torch.device | None = None,
+                progress: Callable[[int, int], None] | None = None) -> FeatureCache:
+    """Compute and store the features of `count` windows (and their flips); reuse a finished cache.
+
+    read_window(k) returns window k as RGB (3, window, window) in 0..255.
+    """
+    if (folder / "meta.json").is_file():
+        return FeatureCache(folder)
+    device = device or torch.device("cpu")
+    grid = window // backbone.patch_size
+    views = 2 if flip else 1
+    shape = (count, views, backbone.width, grid, grid)
+    need = math.prod(shape) * 2
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder.parent).free
+    if need > free:
+        raise SegUnifyError(f"The feature cache needs {need / 1e9:.1f} GB but '{folder.parent}' has "
+                            f"{free / 1e9:.1f} GB free; lower --max-windows or pass --cache-dir.")
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        store = np.memmap(tmp / "features.f16", dtype=np.float16, mode="w+", shape=shape)
+        for start in range(0, count, batch_size):
+            chunk = list(range(start, min(count, start + batch_size)))
+            x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
+            feats = [backbone(x)]
+            if flip:
+                feats.append(backbone(x.flip(-1)))
+            store[start:start + len(chunk)] = torch.stack(feats, dim=1).to(torch.float16).cpu().numpy()
+            if progress:
+                progress(start + len(chunk), count)
+        store.flush()
+        del store
+        (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FeatureCache(folder)
+
+
+class WindowReader:
+    """Reads training windows in order, keeping one image open at a time."""
+
+    def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
+                 bands: Sequence[int] | None):
+        self.images, self.windows, self.window, self.bands = images, windows, window, bands
+        self.current, self.source = -1, None
+
+    def __call__(self, k: int) -> np.ndarray:
+        w = self.windows[k]
+        if w.image != self.current:
+            self.close()
+            self.source, self.current = self.images[w.image].open(self.bands), w.image
+        rgb, _ = self.source.read(Window(w.col, w.row, w.size, w.size), out_shape=(self.window, self.window))
+        return rgb
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source, self.current = None, -1

@@ -1,0 +1,161 @@
+"""The SegUnify model (backbone + Compressor + Labeler), its inference, and its model file.
+
+A model file is one safetensors file: the Compressor and Labeler tensors, and JSON metadata
+(format version, backbone, hyper-parameters, bands, GSD, training data summary). The backbone is
+not stored: it is frozen and named, and comes from timm's hub or a local checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import DEFAULT_BACKBONE, Backbone, create_backbone
+from .compressor import Compressor
+from .errors import SegUnifyError
+from .labeler import Labeler
+
+FORMAT_NAME = "segunify-model"
+FORMAT_VERSION = 1
+LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = DEFAULT_BACKBONE
+    classes: int = 3
+    extra_clusters: int = 0
+    code_dim: int = 64
+    dropout: float = 0.2
+    nonlinear: bool = True
+    outer_silu: bool = False
+    feature_width: int = 384
+    patch_size: int = 8
+    bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
+    gsd: float | None = None  # ground sampling distance of the training windows, metres
+
+    @property
+    def n_clusters(self) -> int:
+        return self.classes + self.extra_clusters
+
+
+class SegUnifyModel(nn.Module):
+    def __init__(self, config: ModelConfig, backbone: Backbone | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.compressor = Compressor(config.feature_width, config.code_dim, config.dropout,
+                                     config.nonlinear, config.outer_silu)
+        self.labeler = Labeler(config.code_dim, config.n_clusters)
+        self.metadata: dict[str, Any] = {}
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors (Compressor and Labeler), without the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    @torch.inference_mode()
+    def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
+        """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
+        if self.backbone is None:
+            raise RuntimeError("model has no backbone attached")
+        code = self.compressor(self.backbone(rgb))
+        if flip:
+            code = (code + self.compressor(self.backbone(rgb.flip(-1))).flip(-1)) / 2.0
+        return code
+
+    @torch.inference_mode()
+    def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        code = F.interpolate(code, size=size, mode="bilinear", align_corners=False)
+        return torch.log_softmax(self.labeler.teacher_logits(code) * LOGIT_SCALE, dim=1)
+
+    @torch.inference_mode()
+    def log_probs(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
+        """Per-pixel log-probabilities (B, K, H, W) from the global prototypes."""
+        return self.log_probs_from_code(self.code(rgb, flip), rgb.shape[-2:])
+
+
+def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the model atomically (temporary file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(model.config),
+        **model.metadata,
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a model file; never unpickles."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SegUnifyError(f"Model file '{path}' does not exist; check the path given to --model.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception:
+        raise SegUnifyError(f"'{path}' is not a SegUnify model file (not a readable safetensors "
+                            "file, or truncated); pass a model written by `segunify train`.") from None
+    try:
+        meta = json.loads(header["segunify"])
+        assert meta["format"] == FORMAT_NAME
+        version = int(meta["format_version"])
+    except Exception:
+        raise SegUnifyError(f"'{path}' is a safetensors file but not a SegUnify model; pass a model "
+                            "written by `segunify train`.") from None
+    if version > FORMAT_VERSION:
+        raise SegUnifyError(f"Model file '{path}' has format version {version}, newer than this "
+                            f"SegUnify reads ({FORMAT_VERSION}); upgrade SegUnify.")
+    return meta, tensors
+
+
+def load_model(path: str | Path, backbone_weights: str | Path | None = None,
+               backbone: Backbone | None = None, pretrained: bool = True) -> SegUnifyModel:
+    """Load a model file and attach its backbone (given, from a local checkpoint, or the hub)."""
+    meta, tensors = read_model_file(path)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    if backbone is None:
+        backbone = create_backbone(config.backbone, backbone_weights, pretrained=pretrained)
+    if backbone.width != config.feature_width or backbone.patch_size != config.patch_size:
+        raise SegUnifyError(
+            f"Model '{path}' was trained on backbone '{config.backbone}' (width "
+            f"{config.feature_width}, patch {config.patch_size}) but the backbone given has width "
+            f"{backbone.width}, patch {backbone.patch_size}; pass that backbone's weights."
+        )
+    model = SegUnifyModel(config, backbone)
+    try:
+        model.load_state_dict({f"{k}": v for k, v in tensors.items()}, strict=False)
+        missing = [k for k in model.head_state() if k not in tensors]
+        if missing:
+            raise RuntimeError(f"missing {missing[:3]}")
+    except RuntimeError:
+        raise SegUnifyError(f"Model file '{path}' is damaged (its tensors do not match its "
+                            "configuration); retrain or copy it again.") from None
+    model.metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
+    return model.eval()

@@ -1,0 +1,434 @@
+"""tile-segment: a raster of any size in, a class raster on exactly the input's grid out.
+
+One window flows: read (resampled to the model's GSD) -> fill invalid pixels -> backbone
+features -> code -> log-probabilities from the global prototypes -> optional CRF ->
+probabilities resized back to source pixels -> tapered blend into a row-band accumulator.
+Finished rows are written as soon as no later window touches them, so memory depends on the
+window size and the raster's width, not its height.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from .backbone import Backbone
+from .errors import SegUnifyError
+from .features import FeatureCache, build_cache
+from .inference import class_colours, write_preview
+from .model import SegUnifyModel
+from .raster_io import RasterReader, ground_sampling_distance
+from .tiling import Tile, WindowPlan
+from .training import TrainConfig, Trainer, new_model
+
+log = logging.getLogger("segunify")
+GSD_TOLERANCE = 0.05  # relative GSD difference below which the input is used at native resolution
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class SegmentOptions:
+    window: int = 320
+    stride: int = 256
+    batch_size: int = 4
+    flip: bool = True
+    native_resolution: bool = False
+    bands: Sequence[int] | None = None
+    probabilities: str | Path | None = None
+    probabilities_dtype: str = "float16"  # or "uint8" (0..255 scaled)
+    cog: bool = False
+    overwrite: bool = False
+    preview: str | Path | None = None
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class SelfFitOptions:
+    """Fit a model on windows of the input itself (no model file given)."""
+
+    classes: int
+    extra_clusters: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    max_windows: int = 64
+    feature_crop: int = 28  # patches; random crops of the cached window grids keep steps cheap
+    seed: int = 0
+    shift_intra: float = 0.1
+    shift_inter: float = 0.5
+    temperature: float = 0.1
+    alpha: float = 0.998
+    cache_dir: str | Path | None = None
+
+
+@dataclasses.dataclass
+class SegmentReport:
+    output: str
+    width: int
+    height: int
+    windows: int
+    classes: int
+    device: str
+    precision: str
+    scale: float
+    model: SegUnifyModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SegUnifyError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu "
+                            "or install a CUDA build of PyTorch.")
+    if name not in ("cpu", "cuda"):
+        raise SegUnifyError(f"Unknown device '{name}'; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_qml(path: Path, n_classes: int) -> None:
+    """A QGIS style (paletted renderer) for the class raster; QGIS 3.22 shows no attribute tables."""
+    colours = class_colours(n_classes)
+    entries = "\n".join(
+        f'          <paletteEntry value="{i + 1}" label="class {i + 1}" alpha="255" '
+        f'color="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>' for i, c in enumerate(colours))
+    path.write_text(f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22" styleCategories="AllStyleCategories">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+""")
+
+
+def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> dict:
+    profile = {
+        "driver": "GTiff", "width": ds.width, "height": ds.height, "count": n_bands, "dtype": dtype,
+        "crs": ds.crs, "transform": ds.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
+        "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }
+    if ds.width < 512 or ds.height < 512:  # tiles must fit; small rasters are stored in strips
+        profile.update(tiled=False, blockxsize=None, blockysize=None)
+        profile = {k: v for k, v in profile.items() if v is not None}
+    if dtype == "uint8" and n_bands == 1:
+        profile["nodata"] = 0
+    if nbits:
+        profile["NBITS"] = nbits
+    return profile
+
+
+class _Blender:
+    """Accumulates sum(w * p) and sum(w) for the rows of one window row, full width."""
+
+    def __init__(self, plan: WindowPlan, n_clusters: int):
+        self.plan = plan
+        self.rows = min(plan.window, plan.height)
+        self.acc = np.zeros((n_clusters, self.rows, plan.width), np.float32)
+        self.weight = np.zeros((self.rows, plan.width), np.float32)
+        self.top = 0
+
+    def add(self, tile: Tile, probs: np.ndarray) -> None:
+        w = self.plan.weights(tile)
+        r0 = tile.row_off - self.top
+        sl = (slice(r0, r0 + tile.height), slice(tile.col_off, tile.col_off + tile.width))
+        self.acc[(slice(None), *sl)] += probs * w
+        self.weight[sl] += w
+
+    def pop(self, new_top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return blended rows [top, new_top) (probabilities, covered) and shift the band."""
+        n = new_top - self.top
+        weight = self.weight[:n]
+        probs = self.acc[:, :n] / np.maximum(weight, 1e-12)
+        covered = weight > 0
+        out = probs.copy(), covered.copy()
+        self.acc[:, : self.rows - n] = self.acc[:, n:]
+        self.acc[:, self.rows - n:] = 0
+        self.weight[: self.rows - n] = self.weight[n:]
+        self.weight[self.rows - n:] = 0
+        self.top = new_top
+        return out
+
+
+class TileSource:
+    """Reads plan tiles as model-ready windows (resampled, padded, invalid pixels filled)."""
+
+    def __init__(self, reader: RasterReader, plan: WindowPlan, model_window: int, scale: float, patch: int):
+        self.reader, self.plan, self.scale, self.patch = reader, plan, scale, patch
+        self.model_window = model_window
+
+    def model_shape(self, tile: Tile) -> tuple[int, int]:
+        if self.scale == 1.0:
+            return tile.height, tile.width
+        if tile.height == self.plan.window and tile.width == self.plan.window:
+            return self.model_window, self.model_window
+        return max(1, round(tile.height / self.scale)), max(1, round(tile.width / self.scale))
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """RGB (3, S, S) 0..255 with S a patch multiple >= the model window, and validity (h, w)
+        of the unpadded model-resolution window."""
+        shape = self.model_shape(tile)
+        rgb, valid = self.reader.read(Window(tile.col_off, tile.row_off, tile.width, tile.height), shape)
+        rgb = np.where(valid[None], rgb, self.reader.fill[:, None, None].astype(np.float32))
+        size = max(self.model_window, math.ceil(max(shape) / self.patch) * self.patch)
+        ph, pw = size - shape[0], size - shape[1]
+        if ph or pw:  # small rasters: reflect-pad to a whole window; padding is cut off afterwards
+            rgb = np.pad(rgb, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(shape) > 1 else "edge")
+        return np.ascontiguousarray(rgb, dtype=np.float32), valid
+
+
+def _choose_scale(reader: RasterReader, model: SegUnifyModel | None, native: bool) -> float:
+    """Source pixels per model pixel: resample to the model's GSD unless asked not to."""
+    if native or model is None or not model.config.gsd:
+        return 1.0
+    gsd = ground_sampling_distance(reader.ds)
+    if not gsd:
+        return 1.0
+    scale = model.config.gsd / gsd
+    return 1.0 if abs(scale - 1.0) < GSD_TOLERANCE else scale
+
+
+def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbone: Backbone,
+             fit: SelfFitOptions, device: torch.device, progress: Progress | None,
+             flip: bool = True) -> tuple[SegUnifyModel, dict[tuple[int, int], int], FeatureCache, Path]:
+    """Fit Compressor and Labeler on cached features of (a sample of) the input's own windows."""
+    tiles = [t for t in plan.tiles()]
+    rng = np.random.default_rng(fit.seed)
+    chosen = sorted(rng.choice(len(tiles), min(fit.max_windows, len(tiles)), replace=False).tolist())
+    fit_tiles = [tiles[i] for i in chosen]
+    folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
+    try:
+        cache = build_cache(folder / "features", len(fit_tiles), lambda k: source.read(fit_tiles[k])[0],
+                            source.read(fit_tiles[0])[0].shape[-1], backbone, flip, batch_size=4,
+                            device=device,
+                            progress=(lambda d, t: progress("features", d, t)) if progress else None)
+        config = TrainConfig(
+            classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
+            batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
+            shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
+            alpha=fit.alpha, feature_crop=fit.feature_crop, window=source.model_window,
+            max_windows=fit.max_windows, bands=list(reader.bands))
+        model = new_model(backbone, config, ground_sampling_distance(reader.ds))
+        trainer = Trainer(model, cache, config)
+        while trainer.step < config.steps:
+            trainer.train_step()
+            if progress:
+                progress("fit", trainer.step, config.steps)
+        model.backbone = backbone
+        model.metadata = {"training": {"config": dataclasses.asdict(config), "self_fit": True,
+                                       "data": {"files": [str(reader.ds.name)], "windows": len(fit_tiles),
+                                                "gsd_m": model.config.gsd}}}
+        index = {(t.row, t.col): k for k, t in enumerate(fit_tiles)}
+        return model.eval(), index, cache, folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
+                   options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
+                   backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
+    """Segment a raster into a class raster (uint8, 1..K, 0 = nodata) on the input's grid.
+
+    Without a model, `fit` and `backbone` are required: the model is fitted on the input itself.
+    The output is written to a temporary file beside OUTPUT and renamed at the end; on any error
+    or interruption nothing is left at OUTPUT.
+    """
+    output_path = Path(output_path)
+    if output_path.exists() and not options.overwrite:
+        raise SegUnifyError(f"Output '{output_path}' already exists; pass --overwrite to replace it.")
+    if not output_path.parent.is_dir():
+        raise SegUnifyError(f"Output folder '{output_path.parent}' does not exist; create it first.")
+    if not os.access(output_path.parent, os.W_OK):
+        raise SegUnifyError(f"Output folder '{output_path.parent}' is not writable; choose another "
+                            "output path.")
+    if Path(input_path).resolve() == output_path.resolve():
+        raise SegUnifyError("Output path equals the input path; inputs are never modified, choose "
+                            "another output.")
+    device = torch.device(options.device)
+    bands = options.bands if options.bands is not None else (model.config.bands if model else None)
+    reader = RasterReader.open(input_path, bands)
+    temps: list[Path] = []
+    fit_folder: Path | None = None
+    try:
+        if reader.ds.crs is None:
+            log.warning("'%s' has no CRS: the output keeps its pixel grid without georeferencing.",
+                        input_path)
+        if model is None:
+            if fit is None or backbone is None:
+                raise SegUnifyError("No model given; pass --model MODEL or --classes K to fit one on "
+                                    "the input.")
+            patch = backbone.patch_size
+        else:
+            patch = model.config.patch_size
+            backbone = model.backbone
+        if options.window % patch or options.stride % patch:
+            raise SegUnifyError(f"--window {options.window} and --stride {options.stride} must be "
+                                f"multiples of the backbone's patch size {patch}.")
+        scale = _choose_scale(reader, model, options.native_resolution)
+        src_window = max(patch, round(options.window * scale))
+        src_stride = max(1, min(src_window, round(options.stride * scale)))
+        plan = WindowPlan(reader.width, reader.height, src_window, src_stride)
+        source = TileSource(reader, plan, options.window, scale, patch)
+        fit_index: dict[tuple[int, int], int] = {}
+        fit_cache = None
+        if model is None:
+            model, fit_index, fit_cache, fit_folder = self_fit(reader, plan, source, backbone, fit, device,
+                                                               progress, options.flip)
+        model = model.to(device).eval()
+        n = model.config.n_clusters
+        if n > 255:
+            raise SegUnifyError(f"The model has {n} clusters; a uint8 class raster holds at most 255.")
+
+        tmp_out = _temp_beside(output_path, ".tif")
+        temps.append(tmp_out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dst = rasterio.open(tmp_out, "w", **_output_profile(reader.ds, 1, "uint8"))
+            prob_dst = None
+            if options.probabilities:
+                prob_path = Path(options.probabilities)
+                tmp_prob = _temp_beside(prob_path, ".tif")
+                temps.append(tmp_prob)
+                if options.probabilities_dtype == "uint8":
+                    prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "uint8"))
+                else:  # half floats: GTiff stores Float32 with NBITS=16
+                    prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "float32", 16))
+        try:
+            dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255)
+                                                       for i, c in enumerate(class_colours(n))}})
+            _label_pass(model, plan, source, options, crf, dst, prob_dst, fit_index, fit_cache, device,
+                        progress)
+        finally:
+            dst.close()
+            if prob_dst is not None:
+                prob_dst.close()
+        if options.cog:
+            tmp_cog = _temp_beside(output_path, ".tif")
+            temps.append(tmp_cog)
+            _to_cog(tmp_out, tmp_cog)
+            tmp_out = tmp_cog
+        os.replace(tmp_out, output_path)
+        if options.probabilities:
+            os.replace(temps[1], Path(options.probabilities))
+        write_qml(output_path.with_suffix(".qml"), n)
+        if options.preview:
+            _preview(reader, output_path, Path(options.preview))
+        return SegmentReport(str(output_path), reader.width, reader.height, len(plan), n,
+                             device.type, getattr(model.backbone, "precision", "fp32"), scale, model)
+    finally:
+        reader.close()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if fit_folder is not None:
+            shutil.rmtree(fit_folder, ignore_errors=True)
+
+
+@torch.inference_mode()
+def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, options: SegmentOptions,
+                crf, dst, prob_dst, fit_index: dict, fit_cache: FeatureCache | None,
+                device: torch.device, progress: Progress | None) -> None:
+    blender = _Blender(plan, model.config.n_clusters)
+    total, done = len(plan), 0
+    rows = plan.row_offsets
+    tiles_by_row: dict[int, list[Tile]] = {}
+    for tile in plan.tiles():
+        tiles_by_row.setdefault(tile.row, []).append(tile)
+    for r in range(len(rows)):
+        row_tiles = tiles_by_row[r]
+        for start in range(0, len(row_tiles), options.batch_size):
+            batch = row_tiles[start:start + options.batch_size]
+            reads = [source.read(t) for t in batch]
+            keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+            if keep:
+                rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
+                codes = _codes(model, rgb, [batch[i] for i in keep], fit_index, fit_cache, options.flip)
+                log_probs = model.log_probs_from_code(codes, rgb.shape[-2:])
+                probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
+                for j, i in enumerate(keep):
+                    tile = batch[i]
+                    mh, mw = source.model_shape(tile)
+                    p = probs[j:j + 1, :, :mh, :mw]
+                    if (mh, mw) != (tile.height, tile.width):
+                        p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear",
+                                          align_corners=False)
+                    blender.add(tile, p[0].float().cpu().numpy())
+            done += len(batch)
+            if progress:
+                progress("segment", done, total)
+        top = blender.top
+        probs, covered = blender.pop(plan.rows_final_after(r))
+        _write_rows(source.reader, dst, prob_dst, probs, covered, top, options.probabilities_dtype)
+
+
+def _codes(model: SegUnifyModel, rgb: torch.Tensor, tiles: list[Tile], fit_index: dict,
+           fit_cache: FeatureCache | None, flip: bool) -> torch.Tensor:
+    """Codes of a batch; windows whose features were cached by self-fit skip the backbone."""
+    cached = [fit_index.get((t.row, t.col)) for t in tiles]
+    if fit_cache is None or any(c is None for c in cached):
+        return model.code(rgb, flip)
+    idx = torch.tensor(cached)
+    code = model.compressor(fit_cache.batch(idx, torch.zeros_like(idx)).to(rgb.device))
+    if flip and fit_cache.views > 1:
+        flipped = model.compressor(fit_cache.batch(idx, torch.ones_like(idx)).to(rgb.device))
+        code = (code + flipped.flip(-1)) / 2.0
+    return code
+
+
+def _write_rows(reader: RasterReader, dst, prob_dst, probs: np.ndarray, covered: np.ndarray, row0: int,
+                prob_dtype: str) -> None:
+    n_rows = probs.shape[1]
+    window = Window(0, row0, reader.width, n_rows)
+    valid = reader.ds.dataset_mask(window=window) > 0
+    valid &= covered
+    labels = (probs.argmax(0) + 1).astype(np.uint8)
+    labels[~valid] = 0
+    dst.write(labels, 1, window=window)
+    if prob_dst is not None:
+        if prob_dtype == "uint8":
+            data = np.round(probs * 255).astype(np.uint8)
+        else:
+            data = probs.astype(np.float32)
+        data[:, ~valid] = 0
+        prob_dst.write(data, window=window)
+
+
+def _to_cog(src: Path, dst: Path) -> None:
+    from rasterio.shutil import copy
+
+    copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", OVERVIEW_RESAMPLING="MODE",
+         BIGTIFF="IF_SAFER")
+
+
+def _preview(reader: RasterReader, output: Path, path: Path, max_side: int = 1024) -> None:
+    scale = max(1.0, max(reader.width, reader.height) / max_side)
+    shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
+    rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
+                             resampling=Resampling.average)
+    with rasterio.open(output) as ds:
+        labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+    write_preview(path, rgb, labels, valid, max_side)

@@ -1,0 +1,91 @@
+"""Window planning and blending weights for seamless tiled inference."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def axis_offsets(length: int, window: int, stride: int) -> list[int]:
+    """Window starts along one axis: every `stride`, the last snapped to `length - window` so no
+    window leaves the raster; a single window at 0 when the raster is shorter than one window."""
+    if window <= 0 or stride <= 0:
+        raise ValueError("window and stride must be positive")
+    if length <= window:
+        return [0]
+    offsets = list(range(0, length - window + 1, stride))
+    if offsets[-1] != length - window:
+        offsets.append(length - window)
+    return offsets
+
+
+def axis_taper(offsets: list[int], index: int, window: int, length: int) -> np.ndarray:
+    """1-D weights of one window: a linear ramp across the overlap on each side that has a
+    neighbour, 1 elsewhere (no taper at the raster border). Always > 0."""
+    size = min(window, length)
+    w = np.ones(size, np.float32)
+    x = np.arange(size, dtype=np.float32) + 0.5
+    start = offsets[index]
+    if index > 0:
+        overlap = offsets[index - 1] + window - start
+        if overlap > 0:
+            w = np.minimum(w, np.clip(x / overlap, 0, 1))
+    if index < len(offsets) - 1:
+        overlap = start + window - offsets[index + 1]
+        if overlap > 0:
+            w = np.minimum(w, np.clip((size - x) / overlap, 0, 1))
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    row: int  # index of the window row
+    col: int
+    row_off: int
+    col_off: int
+    height: int  # inside the raster (smaller than the window only for small rasters)
+    width: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """Windows of `window` px every `stride` px over a width x height raster."""
+
+    width: int
+    height: int
+    window: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"stride must be in 1..window ({self.window}), got {self.stride}")
+
+    @property
+    def row_offsets(self) -> list[int]:
+        return axis_offsets(self.height, self.window, self.stride)
+
+    @property
+    def col_offsets(self) -> list[int]:
+        return axis_offsets(self.width, self.window, self.stride)
+
+    def __len__(self) -> int:
+        return len(self.row_offsets) * len(self.col_offsets)
+
+    def tiles(self) -> Iterator[Tile]:
+        rows, cols = self.row_offsets, self.col_offsets
+        for r, ro in enumerate(rows):
+            for c, co in enumerate(cols):
+                yield Tile(r, c, ro, co, min(self.window, self.height), min(self.window, self.width))
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        """2-D blending weights (height, width) of a tile: the outer product of the axis tapers."""
+        wy = axis_taper(self.row_offsets, tile.row, self.window, self.height)
+        wx = axis_taper(self.col_offsets, tile.col, self.window, self.width)
+        return wy[:, None] * wx[None, :]
+
+    def rows_final_after(self, row: int) -> int:
+        """First raster row still touched by a window row after `row` (all rows above are final)."""
+        rows = self.row_offsets
+        return rows[row + 1] if row + 1 < len(rows) else self.height
