@@ -13,8 +13,18 @@ from segunify_core.raster_io import IMAGE_SUFFIXES, parse_bands
 from segunify_core.segment import SegmentOptions, segment_raster
 
 from .common import prepare
-from .options import (backbone_weights_option, bands_option, crf_option, device_option, flip_option, guarded,
-                      precision_option, progress_for, quiet_option, setup_logging)
+from .options import (
+    backbone_weights_option,
+    bands_option,
+    crf_option,
+    device_option,
+    flip_option,
+    guarded,
+    precision_option,
+    progress_for,
+    quiet_option,
+    setup_logging,
+)
 
 
 @click.command("batch")

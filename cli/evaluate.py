@@ -10,8 +10,17 @@ from segunify_core.crf import make_crf
 from segunify_core.evaluation import evaluate
 
 from .common import prepare
-from .options import (backbone_weights_option, crf_option, device_option, flip_option, guarded,
-                      precision_option, progress_for, quiet_option, setup_logging)
+from .options import (
+    backbone_weights_option,
+    crf_option,
+    device_option,
+    flip_option,
+    guarded,
+    precision_option,
+    progress_for,
+    quiet_option,
+    setup_logging,
+)
 
 
 @click.command("evaluate")

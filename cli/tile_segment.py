@@ -10,8 +10,19 @@ from segunify_core.raster_io import parse_bands
 from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
 
 from .common import prepare
-from .options import (backbone_option, backbone_weights_option, bands_option, crf_option, device_option,
-                      flip_option, guarded, precision_option, progress_for, quiet_option, setup_logging)
+from .options import (
+    backbone_option,
+    backbone_weights_option,
+    bands_option,
+    crf_option,
+    device_option,
+    flip_option,
+    guarded,
+    precision_option,
+    progress_for,
+    quiet_option,
+    setup_logging,
+)
 
 F = SelfFitOptions(classes=0)
 

@@ -10,8 +10,17 @@ from segunify_core.raster_io import parse_bands
 from segunify_core.training import TrainConfig, train
 
 from .common import prepare
-from .options import (backbone_option, backbone_weights_option, bands_option, device_option, guarded,
-                      precision_option, progress_for, quiet_option, setup_logging)
+from .options import (
+    backbone_option,
+    backbone_weights_option,
+    bands_option,
+    device_option,
+    guarded,
+    precision_option,
+    progress_for,
+    quiet_option,
+    setup_logging,
+)
 
 D = TrainConfig()
 

@@ -64,7 +64,10 @@ def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+    try:
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+    except TypeError:  # architectures without dynamic_img_size are not ViTs
+        model = None
     if not isinstance(model, VisionTransformer):
         raise SegUnifyError(
             f"Backbone '{timm_name}' is not a Vision Transformer; choose a timm ViT model "

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import (EvalSample, folder_pairs, potsdam_eval_samples, potsdam_root,
-                       read_label_raster)
+from .datasets import EvalSample, folder_pairs, potsdam_eval_samples, potsdam_root, read_label_raster
 from .errors import SegUnifyError
 from .inference import predict_labels
 from .metrics import Scores, confusion_matrix, hungarian_scores

@@ -21,8 +21,7 @@ import torch
 from .backbone import Backbone, create_backbone
 from .datasets import TrainingImage, training_images
 from .errors import SegUnifyError
-from .features import (FeatureCache, WindowReader, build_cache, cache_key, default_cache_dir,
-                       plan_windows)
+from .features import FeatureCache, WindowReader, build_cache, cache_key, default_cache_dir, plan_windows
 from .losses import energy
 from .model import ModelConfig, SegUnifyModel, save_model
 

@@ -1,0 +1,138 @@
+"""Backbone checkpoints in the official DINO layout and in timm's layout load to the same features."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from segunify_core.backbone import BACKBONES, create_backbone, resolve_backbone
+from segunify_core.errors import SegUnifyError
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A random-weight DINO ViT-S/16 (the dino_vits16 short name) and its features."""
+    torch.manual_seed(0)
+    model = create_backbone("dino_vits16", pretrained=False)
+    x = torch.rand(2, 3, 64, 96) * 255
+    return model, x, model(x)
+
+
+def official_dino_state(model) -> dict:
+    """The key layout of facebookresearch/dino's *_pretrain.pth files (the teacher backbone)."""
+    state = {k: v.clone() for k, v in model.model.state_dict().items()}
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+                "norm.bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
+                "blocks.0.mlp.fc1.weight", "blocks.11.mlp.fc2.bias"}
+    assert expected <= set(state), "timm's DINO ViT keys follow the official layout"
+    return state
+
+
+def test_features_shape_and_frozen(reference):
+    model, x, feats = reference
+    assert feats.shape == (2, 384, 4, 6)
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    assert not model.training and not model.model.training
+
+
+def test_official_dino_pth(reference, tmp_path):
+    model, x, feats = reference
+    path = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(official_dino_state(model), path)
+    loaded = create_backbone("dino_vits16", path)
+    assert torch.allclose(loaded(x), feats, atol=1e-5)
+
+
+def test_official_dino_training_checkpoint(reference, tmp_path):
+    """Full DINO training checkpoints: teacher/student with module./backbone. prefixes and heads."""
+    model, x, feats = reference
+    state = official_dino_state(model)
+    ckpt = {
+        "student": {f"module.backbone.{k}": v + 1.0 for k, v in state.items()},
+        "teacher": {**{f"backbone.{k}": v for k, v in state.items()},
+                    "head.mlp.0.weight": torch.zeros(4, 384), "head.last_layer.weight_g": torch.ones(1, 4)},
+        "epoch": 100,
+    }
+    path = tmp_path / "checkpoint.pth"
+    torch.save(ckpt, path)
+    loaded = create_backbone("dino_vits16", path)
+    assert torch.allclose(loaded(x), feats, atol=1e-5)  # the teacher is used
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_checkpoint(reference, tmp_path, suffix):
+    model, x, feats = reference
+    state = {k: v.contiguous() for k, v in model.model.state_dict().items()}
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    loaded = create_backbone("vit_small_patch16_224.dino", path)
+    assert torch.allclose(loaded(x), feats, atol=1e-5)
+
+
+def test_wrong_checkpoint_is_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(SegUnifyError, match="do not fit this backbone"):
+        create_backbone("dino_vits16", path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_pickled_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"pos_embed": _Exploit()}))
+    with pytest.raises(SegUnifyError, match="Cannot read backbone weights"):
+        create_backbone("dino_vits16", path)
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_missing_weights_file():
+    with pytest.raises(SegUnifyError, match="does not exist"):
+        create_backbone("dino_vits16", "/nonexistent/weights.pth")
+
+
+def test_offline_without_weights_says_how_to_pass_a_file():
+    code = ("from segunify_core.backbone import create_backbone\n"
+            "try:\n    create_backbone('dino_vits8')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "SegUnifyError" in out and "--backbone-weights" in out
+
+
+def test_registry_and_timm_names():
+    assert BACKBONES["dino_vitb8"].width == 768 and BACKBONES["dino_vitb8"].patch_size == 8
+    assert BACKBONES["dinov2_vits14"].patch_size == 14
+    spec = resolve_backbone("vit_tiny_patch16_224")
+    assert (spec.patch_size, spec.width) == (16, 192)
+    with pytest.raises(SegUnifyError, match="Unknown backbone"):
+        resolve_backbone("not_a_model")
+    with pytest.raises(SegUnifyError, match="not a Vision Transformer"):
+        resolve_backbone("resnet18")
+
+
+def test_dinov2_official_layout(tmp_path):
+    """DINOv2 official checkpoints carry mask_token; timm's converter drops it."""
+    torch.manual_seed(0)
+    model = create_backbone("dinov2_vits14", pretrained=False)
+    state = {k: v.clone() for k, v in model.model.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, 384)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    loaded = create_backbone("dinov2_vits14", path)
+    x = torch.rand(1, 3, 56, 56) * 255
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
