@@ -38,6 +38,7 @@ from .training import TrainConfig, Trainer, new_model
 
 log = logging.getLogger("segunify")
 GSD_TOLERANCE = 0.05  # relative GSD difference below which the input is used at native resolution
+MAX_RESAMPLING = 8.0  # beyond this GSD ratio the model is out of its depth anyway: stay native
 
 Progress = Callable[[str, int, int], None]
 
@@ -201,6 +202,14 @@ class TileSource:
         return np.ascontiguousarray(rgb, dtype=np.float32), valid
 
 
+def grid_phase(transform) -> tuple[int, int]:
+    """Global pixel indices of the raster's first column and row on its CRS pixel lattice (0, 0
+    without a north-up transform): windows are laid on this lattice, not on the raster's corner."""
+    if transform.is_identity or transform.b or transform.d or not transform.a or not transform.e:
+        return 0, 0
+    return round(transform.c / transform.a), round(transform.f / transform.e)
+
+
 def _choose_scale(reader: RasterReader, model: SegUnifyModel | None, native: bool) -> float:
     """Source pixels per model pixel: resample to the model's GSD unless asked not to."""
     if native or model is None or not model.config.gsd:
@@ -209,6 +218,11 @@ def _choose_scale(reader: RasterReader, model: SegUnifyModel | None, native: boo
     if not gsd:
         return 1.0
     scale = model.config.gsd / gsd
+    if not 1 / MAX_RESAMPLING <= scale <= MAX_RESAMPLING:
+        log.warning("The input's pixels (%.3g m) and the model's (%.3g m) differ more than %gx; segmenting "
+                    "at native resolution (a model trained near this GSD will do better).",
+                    gsd, model.config.gsd, MAX_RESAMPLING)
+        return 1.0
     return 1.0 if abs(scale - 1.0) < GSD_TOLERANCE else scale
 
 
@@ -292,7 +306,8 @@ def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUn
         scale = _choose_scale(reader, model, options.native_resolution)
         src_window = max(patch, round(options.window * scale))
         src_stride = max(1, min(src_window, round(options.stride * scale)))
-        plan = WindowPlan(reader.width, reader.height, src_window, src_stride)
+        col_phase, row_phase = grid_phase(reader.ds.transform)
+        plan = WindowPlan(reader.width, reader.height, src_window, src_stride, col_phase, row_phase)
         source = TileSource(reader, plan, options.window, scale, patch)
         fit_index: dict[tuple[int, int], int] = {}
         fit_cache = None

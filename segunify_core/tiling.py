@@ -8,21 +8,34 @@ from collections.abc import Iterator
 import numpy as np
 
 
-def axis_offsets(length: int, window: int, stride: int) -> list[int]:
-    """Window starts along one axis: every `stride`, the last snapped to `length - window` so no
-    window leaves the raster; a single window at 0 when the raster is shorter than one window."""
+def axis_offsets(length: int, window: int, stride: int, phase: int = 0) -> list[int]:
+    """Window starts along one axis: every `stride` on a lattice shifted by `-phase`, the first and
+    last snapped inside the raster (0 and `length - window`) so no window leaves it; a single
+    window at 0 when the raster is shorter than one window.
+
+    The phase anchors the lattice to the georeferenced pixel grid, so a crop of a raster gets the
+    same interior windows as the raster itself and labels do not depend on the extent.
+    """
     if window <= 0 or stride <= 0:
         raise ValueError("window and stride must be positive")
     if length <= window:
         return [0]
-    offsets = list(range(0, length - window + 1, stride))
+    phase %= stride
+    first = 0 if phase == 0 else stride - phase
+    offsets = [0] + list(range(first, length - window + 1, stride))
     if offsets[-1] != length - window:
         offsets.append(length - window)
-    return offsets
+    return sorted(set(offsets))
+
+
+def _ramp(t: np.ndarray) -> np.ndarray:
+    """0 -> 1 over t in [0, 1] with zero slope at both ends (sin^2): two ramps crossing an overlap
+    sum to 1 and the blend has no kink where a window starts."""
+    return np.sin(np.clip(t, 0, 1) * np.pi / 2) ** 2
 
 
 def axis_taper(offsets: list[int], index: int, window: int, length: int) -> np.ndarray:
-    """1-D weights of one window: a linear ramp across the overlap on each side that has a
+    """1-D weights of one window: a smooth ramp across the overlap on each side that has a
     neighbour, 1 elsewhere (no taper at the raster border). Always > 0."""
     size = min(window, length)
     w = np.ones(size, np.float32)
@@ -31,11 +44,11 @@ def axis_taper(offsets: list[int], index: int, window: int, length: int) -> np.n
     if index > 0:
         overlap = offsets[index - 1] + window - start
         if overlap > 0:
-            w = np.minimum(w, np.clip(x / overlap, 0, 1))
+            w = np.minimum(w, _ramp(x / overlap))
     if index < len(offsets) - 1:
         overlap = start + window - offsets[index + 1]
         if overlap > 0:
-            w = np.minimum(w, np.clip((size - x) / overlap, 0, 1))
+            w = np.minimum(w, _ramp((size - x) / overlap))
     return w
 
 
@@ -57,6 +70,8 @@ class WindowPlan:
     height: int
     window: int
     stride: int
+    col_phase: int = 0  # global pixel index of column 0 (mod stride); see axis_offsets
+    row_phase: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.stride <= self.window:
@@ -64,11 +79,11 @@ class WindowPlan:
 
     @property
     def row_offsets(self) -> list[int]:
-        return axis_offsets(self.height, self.window, self.stride)
+        return axis_offsets(self.height, self.window, self.stride, self.row_phase)
 
     @property
     def col_offsets(self) -> list[int]:
-        return axis_offsets(self.width, self.window, self.stride)
+        return axis_offsets(self.width, self.window, self.stride, self.col_phase)
 
     def __len__(self) -> int:
         return len(self.row_offsets) * len(self.col_offsets)

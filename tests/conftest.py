@@ -62,11 +62,12 @@ def make_scene(size: int = 448, seed: int = 0, noise: float = 12.0) -> tuple[np.
 
 
 def write_geotiff(path: Path, data: np.ndarray, crs: str | None = "EPSG:32618", gsd: float = 0.5,
-                  **profile) -> Path:
+                  offset: tuple[int, int] = (0, 0), **profile) -> Path:
+    """A GeoTIFF in UTM 18N; `offset` (row, col) places it as a crop of a larger raster."""
     count, h, w = data.shape
     kwargs = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype.name)
     if crs:
-        kwargs.update(crs=crs, transform=from_origin(500000, 4000000, gsd, gsd))
+        kwargs.update(crs=crs, transform=from_origin(500000 + offset[1] * gsd, 4000000 - offset[0] * gsd, gsd, gsd))
     kwargs.update(profile)
     with rasterio.open(path, "w", **kwargs) as ds:
         ds.write(data)
@@ -77,3 +78,37 @@ def write_geotiff(path: Path, data: np.ndarray, crs: str | None = "EPSG:32618", 
 def scene_tif(tmp_path) -> tuple[Path, np.ndarray]:
     img, labels = make_scene()
     return write_geotiff(tmp_path / "scene.tif", img), labels
+
+
+def make_blobs(width: int, height: int, seed: int = 0, cells: int = 24, noise: float = 10.0):
+    """A scene of Voronoi regions, each one of three colours plus noise, and its labels."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0, 1, (cells, 2)) * [height, width]
+    classes = rng.integers(0, 3, cells)
+    yy, xx = np.mgrid[:height, :width]
+    nearest = np.zeros((height, width), np.int64)
+    best = np.full((height, width), np.inf)
+    for i, (py, px) in enumerate(points):
+        d = (yy - py) ** 2 + (xx - px) ** 2
+        closer = d < best
+        nearest[closer], best[closer] = i, d[closer]
+    labels = classes[nearest]
+    colours = np.array([[200, 60, 50], [40, 150, 60], [60, 70, 200]], float)
+    img = colours[labels].transpose(2, 0, 1) + rng.normal(0, noise, (3, height, width))
+    return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_backbone):
+    """A 3-class model of the tiny ViT trained on a generated scene (GSD 0.5 m)."""
+    from segunify_core.model import load_model
+    from segunify_core.training import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("model")
+    img, _ = make_blobs(640, 640, seed=1)
+    tif = write_geotiff(folder / "train.tif", img)
+    path = folder / "tiny.safetensors"
+    train([tif], path, TrainConfig(classes=3, steps=150, batch_size=16, max_windows=48, window=224, seed=0),
+          backbone=tiny_backbone, cache_dir=folder / "cache")
+    load_model(path, backbone=tiny_backbone)
+    return path

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up everything SegUnify needs on a fresh Debian 12 machine (run as root for apt):
+# system packages, a virtual environment in .venv, PyTorch + timm, SegUnify itself with its
+# test tools, and the pydensecrf CRF backend (built from pydensecrf2 with Cython 0.29.36).
+# Safe to rerun: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SEGUNIFY_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+need_apt=()
+$PY -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+command -v g++ >/dev/null || need_apt+=(g++)
+$PY -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+  || need_apt+=(python3-dev)
+if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ] && ! command -v qgis_process.bin >/dev/null; then
+  need_apt+=(qgis python3-qgis qgis-providers)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_apt[*]} (apt-get, as root)" >&2
+    exit 1
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
+stamp="$VENV/.segunify-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The registry's default torch wheel pairs with torchvision (timm imports it); it runs on CPU too.
+  "$VENV/bin/python" -m pip install -q torch timm
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # pydensecrf2 builds only with Cython 0.29.x; without build isolation it uses the one pinned here.
+  "$VENV/bin/python" -m pip install -q "cython==0.29.36"
+  "$VENV/bin/python" -m pip install -q --no-build-isolation "pydensecrf2>=1.1" \
+    || echo "setup: pydensecrf2 did not build; the torch CRF backend will be used" >&2
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($("$VENV/bin/python" -c 'import torch, timm, segunify_core; print("torch", torch.__version__, "timm", timm.__version__)'))"
