@@ -13,8 +13,10 @@ $PY -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 command -v g++ >/dev/null || need_apt+=(g++)
 $PY -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
   || need_apt+=(python3-dev)
-if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ] && ! command -v qgis_process.bin >/dev/null; then
-  need_apt+=(qgis python3-qgis qgis-providers)
+if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ]; then
+  # Debian's QGIS 3.22 and pytest for its own Python (the plugin tests run there).
+  command -v qgis_process.bin >/dev/null || need_apt+=(qgis python3-qgis qgis-providers)
+  /usr/bin/python3 -c "import pytest" 2>/dev/null || need_apt+=(python3-pytest)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

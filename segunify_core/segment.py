@@ -37,6 +37,9 @@ from .tiling import Tile, WindowPlan
 from .training import TrainConfig, Trainer, new_model
 
 log = logging.getLogger("segunify")
+# GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
+# keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
+GDAL_CACHE_MB = 128
 GSD_TOLERANCE = 0.05  # relative GSD difference below which the input is used at native resolution
 MAX_RESAMPLING = 8.0  # beyond this GSD ratio the model is out of its depth anyway: stay native
 
@@ -266,6 +269,15 @@ def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbon
 def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
                    options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
                    backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
+    """Segment a raster into a class raster; see `_segment_raster`. GDAL's block cache is capped."""
+    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    with rasterio.Env(**cache):
+        return _segment_raster(input_path, output_path, model, options, crf, fit, backbone, progress)
+
+
+def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
+                    options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
+                    backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
     """Segment a raster into a class raster (uint8, 1..K, 0 = nodata) on the input's grid.
 
     Without a model, `fit` and `backbone` are required: the model is fitted on the input itself.

@@ -155,6 +155,11 @@ def test_existing_output_needs_overwrite(model, tmp_path):
     assert (tmp_path / "out.tif").read_text() == "keep me"
 
 
+def _default_signals():
+    """Children of a background job inherit SIGINT as ignored; a user's terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_at_half_progress_leaves_nothing(tiny_model, tiny_weights, tmp_path):
     img, _ = make_blobs(1600, 1600, seed=8, cells=40)
     src = write_geotiff(tmp_path / "big.tif", img)
@@ -164,7 +169,7 @@ def test_sigint_at_half_progress_leaves_nothing(tiny_model, tiny_weights, tmp_pa
     proc = subprocess.Popen(CLI + ["--progress", "json", "tile-segment", str(src), str(out), "--model", str(tiny_model),
                                    "--backbone-weights", str(tiny_weights), "--window", "224", "--stride", "160",
                                    "--batch-size", "1", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     interrupted_at = None
     for line in proc.stdout:
         event = json.loads(line)

@@ -1,0 +1,345 @@
+"""The SegUnify Processing algorithms: segment, train, vectorize, check_environment.
+
+Each algorithm only turns its parameters into `segunify` CLI arguments; the work happens in the
+child process (see runner.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsProviderRegistry,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from . import runner
+
+CRF_CHOICES = ["none", "auto", "pydensecrf", "torch"]
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+SPEED_NOTE = ("Speed: on a 2-core CPU the default backbone (DINO ViT-S/8) takes about 10 s per megapixel with "
+              "flip averaging (about 3 minutes for a 4000 x 4000 px orthophoto); a CUDA GPU is tens of times "
+              "faster. The CRF adds about 0.3 s per 320 px window.")
+BACKBONE_HELP = ("Advanced: Backbone is dino_vits8 (default), dino_vits16, dino_vitb8, dino_vitb16, dinov2_vits14, "
+                 "dinov2_vitb14 or any timm ViT name. Backbone weights file: a local checkpoint (official DINO "
+                 ".pth or timm .safetensors/.pth) for machines without internet; empty downloads the weights once.")
+
+_post_processors: list = []  # kept alive until QGIS has loaded the layers
+
+
+class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies the class style written beside the output (the GeoTIFF's colour table as QML)."""
+
+    def __init__(self, qml: str):
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
+        if os.path.exists(self.qml):
+            layer.loadNamedStyle(self.qml)
+            layer.triggerRepaint()
+
+
+def _file_path(layer, raw=None) -> str:
+    """The file behind a raster layer, or a clear error for layers that are not files. A path QGIS
+    could not open is passed on as is, so the user gets SegUnify's explanation of what is wrong."""
+    if layer is None:
+        if isinstance(raw, str) and os.path.isfile(raw):
+            return raw
+        raise QgsProcessingException("No input raster layer given; choose a raster layer or file.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(f"Layer '{layer.name()}' is not a file-backed raster (provider "
+                                     f"{layer.providerType()}); save it as a GeoTIFF first (Export > Save As).")
+    path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
+    if not os.path.isfile(path):
+        raise QgsProcessingException(f"Layer '{layer.name()}' does not point to a local file ({path}); save it "
+                                     "as a GeoTIFF first (Export > Save As).")
+    return path
+
+
+def _advanced(param):
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return param
+
+
+class _Base(QgsProcessingAlgorithm):
+    def group(self):
+        return None
+
+    def groupId(self):  # noqa: N802 - QGIS API
+        return None
+
+    def icon(self):
+        return QIcon(os.path.join(os.path.dirname(__file__), "icon.svg"))
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 - QGIS API
+        """An INPUT file that exists but that QGIS cannot open goes on to SegUnify, whose message says
+        what is wrong with it (QGIS would only say 'not found')."""
+        raw = parameters.get("INPUT")
+        if not (isinstance(raw, str) and os.path.isfile(raw) and self.parameterDefinition("INPUT") is not None
+                and self.parameterDefinition("INPUT").type() == "raster"):
+            return super().checkParameterValues(parameters, context)
+        for definition in self.parameterDefinitions():
+            if definition.name() != "INPUT" and not definition.checkValueIsAcceptable(
+                    parameters.get(definition.name()), context):
+                return False, f"Incorrect parameter value for {definition.name()}"
+        return True, ""
+
+    def _run(self, args, feedback, phases=None, outputs=None):
+        try:
+            return runner.run_cli(args, feedback, phases, outputs)
+        except runner.Cancelled:
+            raise QgsProcessingException("Cancelled; no output was written.") from None
+        except (runner.EnvironmentMissing, runner.ChildFailed) as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+    def _backbone_params(self):
+        self.addParameter(_advanced(QgsProcessingParameterString("BACKBONE", "Backbone", defaultValue="dino_vits8")))
+        self.addParameter(_advanced(QgsProcessingParameterFile("BACKBONE_WEIGHTS", "Backbone weights file (offline)",
+                                                               optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICE_CHOICES,
+                                                               defaultValue=0)))
+
+    def _backbone_args(self, parameters, context):
+        args = ["--device", DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
+        weights = self.parameterAsFile(parameters, "BACKBONE_WEIGHTS", context)
+        if weights:
+            args += ["--backbone-weights", weights]
+        return args
+
+
+class SegmentAlgorithm(_Base):
+    def name(self):
+        return "segment"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Segment raster"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Segments an orthophoto into classes without any labels and writes a class raster (classes 1..K, "
+            "0 = nodata) on exactly the input's grid, styled with one colour per class.\n\n"
+            "Input raster: a file-backed raster layer (GeoTIFF, JPEG, PNG, ...); alpha, nodata and masks are "
+            "honoured.\nBands: three bands to use as RGB, or one band (used as grey); empty = the first three.\n"
+            "Model file: a model from 'Train model' (labels then mean the same thing in every raster). Empty: "
+            "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
+            "Number of classes: for self-fit only.\nWindow / Stride: tile size and step in pixels; windows "
+            "overlap by window - stride and are blended without seams.\nCRF: refines class edges along image "
+            "edges (auto uses pydensecrf if installed).\nFlip averaging: also looks at each window mirrored "
+            "(better, twice the time).\nClass raster: the output GeoTIFF. Polygons: optional GeoPackage of the "
+            "classes, with a minimum area in square metres.\n\n" + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterBand("BANDS", "Bands (one or three)", parentLayerParameterName="INPUT",
+                                                     optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file (empty: fit on this raster)",
+                                                     extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)",
+                                                       QgsProcessingParameterNumber.Integer, 5, minValue=2, maxValue=255))
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", QgsProcessingParameterNumber.Integer,
+                                                       320, minValue=32, maxValue=2048))
+        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", QgsProcessingParameterNumber.Integer,
+                                                       256, minValue=8, maxValue=2048))
+        self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=CRF_CHOICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterBoolean("FLIP", "Flip averaging", defaultValue=True))
+        self.addParameter(_advanced(QgsProcessingParameterNumber("BATCH_SIZE", "Windows per batch",
+                                                                 QgsProcessingParameterNumber.Integer, 4, minValue=1)))
+        self.addParameter(_advanced(QgsProcessingParameterBoolean("NATIVE_RESOLUTION", "Keep native resolution "
+                                                                  "(do not resample to the model's GSD)", defaultValue=False)))
+        self._backbone_params()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_VECTOR", "Polygons (optional)",
+                                                                  QgsProcessing.TypeVectorPolygon, optional=True,
+                                                                  createByDefault=False))
+        self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area (m2)",
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        src = _file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
+        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        args = ["tile-segment", src, out, "--overwrite",
+                "--window", self.parameterAsInt(parameters, "WINDOW", context),
+                "--stride", self.parameterAsInt(parameters, "STRIDE", context),
+                "--batch-size", self.parameterAsInt(parameters, "BATCH_SIZE", context),
+                "--crf", CRF_CHOICES[self.parameterAsEnum(parameters, "CRF", context)],
+                "--flip" if self.parameterAsBoolean(parameters, "FLIP", context) else "--no-flip"]
+        bands = [b for b in self.parameterAsInts(parameters, "BANDS", context) if b > 0]
+        if bands:
+            args += ["--bands", ",".join(map(str, bands))]
+        if self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context):
+            args.append("--native-resolution")
+        if model:
+            args += ["--model", model]
+            phases = {"segment": (0.0, 100.0)}
+        else:
+            args += ["--classes", self.parameterAsInt(parameters, "CLASSES", context),
+                     "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or "dino_vits8"]
+            phases = {"features": (0.0, 30.0), "fit": (30.0, 50.0), "segment": (50.0, 100.0)}
+        args += self._backbone_args(parameters, context)
+        vector = self.parameterAsOutputLayer(parameters, "OUTPUT_VECTOR", context) if parameters.get("OUTPUT_VECTOR") else None
+        if vector:
+            phases = {k: (a * 0.9, b * 0.9) for k, (a, b) in phases.items()}
+        self._run(args, feedback, phases, [out])
+        results = {"OUTPUT": out}
+        if vector:
+            self._run(["vectorize", out, vector, "--overwrite", "--min-area",
+                       self.parameterAsDouble(parameters, "MIN_AREA", context)], feedback, {}, [vector])
+            feedback.setProgress(100)
+            results["OUTPUT_VECTOR"] = vector
+        if context.willLoadLayerOnCompletion(out):
+            processor = _ApplyStyle(os.path.splitext(out)[0] + ".qml")
+            _post_processors.append(processor)
+            context.layerToLoadOnCompletionDetails(out).setPostProcessor(processor)
+        return results
+
+
+class TrainAlgorithm(_Base):
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Train model"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Trains a SegUnify model on a folder of orthophotos (GeoTIFF, PNG, JPEG, any size) without labels, "
+            "for use in 'Segment raster'.\n\nFolder: searched recursively for images.\nModel file: the output "
+            "(.safetensors).\nNumber of classes: K, the classes the model separates.\nSteps / Batch size: "
+            "training length (3000 x 32 is the published setting).\nWindow size: training windows in pixels "
+            "(224).\nMaximum windows: windows sampled from the data; their features are computed once and cached "
+            "on disk, so later steps are fast.\n\nAdvanced: extra clusters, learning rates of the Compressor and "
+            "the prototypes, EMA momentum alpha, temperature, the smoothness shifts b1 (closeness) and b2 (cross-"
+            "image) that tune how eagerly similar patches are grouped, and the random seed (same seed and data "
+            "give the same model).\n\n" + BACKBONE_HELP + "\n\nSpeed: on a 2-core CPU the first pass computes "
+            "about 1000 windows per 10 minutes (ViT-S/8, with flips); training steps then take well under a "
+            "second each.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile("INPUT", "Folder of orthophotos",
+                                                     behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes",
+                                                       QgsProcessingParameterNumber.Integer, 5, minValue=2, maxValue=255))
+        self.addParameter(QgsProcessingParameterNumber("STEPS", "Steps", QgsProcessingParameterNumber.Integer, 3000,
+                                                       minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer,
+                                                       32, minValue=2))
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", QgsProcessingParameterNumber.Integer,
+                                                       224, minValue=32))
+        self.addParameter(QgsProcessingParameterNumber("MAX_WINDOWS", "Maximum windows",
+                                                       QgsProcessingParameterNumber.Integer, 2000, minValue=2))
+        for name, label, default in (("EXTRA_CLUSTERS", "Extra clusters", 0), ("SEED", "Random seed", 0)):
+            self.addParameter(_advanced(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
+                                                                     default, minValue=0)))
+        for name, label, default in (("LR_COMPRESSOR", "Learning rate, Compressor", 1e-4),
+                                     ("LR_LABELER", "Learning rate, prototypes", 5e-4),
+                                     ("ALPHA", "EMA momentum alpha", 0.998), ("TEMPERATURE", "Temperature", 0.1),
+                                     ("SHIFT_INTRA", "Closeness shift b1", 0.1), ("SHIFT_INTER", "Cross-image shift b2", 0.5)):
+            param = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double, default)
+            param.setMetadata({"widget_wrapper": {"decimals": 6}})
+            self.addParameter(_advanced(param))
+        self._backbone_params()
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file", "SegUnify model (*.safetensors)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        folder = self.parameterAsFile(parameters, "INPUT", context)
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not out.endswith(".safetensors"):
+            out += ".safetensors"
+        args = ["train", folder, "-o", out,
+                "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or "dino_vits8"]
+        for name in ("CLASSES", "STEPS", "BATCH_SIZE", "WINDOW", "MAX_WINDOWS", "EXTRA_CLUSTERS", "SEED"):
+            args += ["--" + name.lower().replace("_", "-"), self.parameterAsInt(parameters, name, context)]
+        for name in ("LR_COMPRESSOR", "LR_LABELER", "ALPHA", "TEMPERATURE", "SHIFT_INTRA", "SHIFT_INTER"):
+            args += ["--" + name.lower().replace("_", "-"), repr(self.parameterAsDouble(parameters, name, context))]
+        args += self._backbone_args(parameters, context)
+        self._run(args, feedback, {"features": (0.0, 40.0), "train": (40.0, 100.0)}, [out])
+        return {"OUTPUT": out}
+
+
+class VectorizeAlgorithm(_Base):
+    def name(self):
+        return "vectorize"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Vectorize classes"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
+                "neighbours (sieve), then each region becomes a polygon with its class id and area in square "
+                "metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
+                "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify: "
+                "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum area (m2)",
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber("SIMPLIFY", "Simplify tolerance (CRS units)",
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        src = _file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
+        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        self._run(["vectorize", src, out, "--overwrite", "--min-area", self.parameterAsDouble(parameters, "MIN_AREA", context),
+                   "--simplify", self.parameterAsDouble(parameters, "SIMPLIFY", context)], feedback, {}, [out])
+        return {"OUTPUT": out}
+
+
+class CheckEnvironmentAlgorithm(_Base):
+    def name(self):
+        return "check_environment"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Check environment"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return ("Reports what the SegUnify algorithms will run with: the Python environment (from the provider "
+                "setting, the SEGUNIFY_PYTHON variable or segunify on PATH), the SegUnify and PyTorch versions, "
+                "the device (CPU or CUDA GPU), the CRF backend and whether backbone weights are already cached, "
+                "and how to fix what is missing. Takes a few seconds.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addOutput(QgsProcessingOutputBoolean("OK", "Environment usable"))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        try:
+            info = runner.probe()
+        except runner.EnvironmentMissing as exc:
+            feedback.reportError(str(exc))
+            return {"OK": False, "REPORT": str(exc)}
+        cached = [name for name, ok in info.get("weights_cached", {}).items() if ok]
+        lines = [f"Environment: {info['origin']}", f"Python {info['python_version']}", f"SegUnify {info['segunify']}",
+                 f"PyTorch {info['torch']}", f"Device: {info['device']}", f"CRF backend: {info['crf_backend']}",
+                 "Backbone weights cached: " + (", ".join(cached) if cached else
+                                                "none (downloaded on first use; offline, pass a weights file)")]
+        if info["crf_backend"] == "torch":
+            lines.append("For the reference CRF install pydensecrf2 in that environment "
+                         "(pip install cython==0.29.36 && pip install --no-build-isolation pydensecrf2).")
+        report = "\n".join(lines)
+        for line in lines:
+            feedback.pushInfo(line)
+        return {"OK": True, "REPORT": report}

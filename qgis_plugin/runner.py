@@ -1,0 +1,185 @@
+"""Runs the `segunify` CLI of a separate Python environment as a child process.
+
+QGIS's own Python keeps numpy 1.x, so torch and SegUnify never load inside QGIS. The child
+streams JSON lines (progress, error) on stdout and log lines on stderr; Cancel terminates it,
+and the CLI removes its partial output on SIGTERM. Arguments are passed as a list, never
+through a shell, so paths with spaces, quotes and non-ASCII letters are safe.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+
+SETTING_PYTHON = "SEGUNIFY_PYTHON"
+ENV_PYTHON = "SEGUNIFY_PYTHON"
+# Variables QGIS sets for its own Python/GDAL/PROJ that would break a different environment.
+UNSAFE_ENV = ("PYTHONPATH", "PYTHONHOME", "QGIS_PREFIX_PATH", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB",
+              "PROJ_DATA", "PYTHONSTARTUP", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_PLUGINPATH")
+FIX_HINT = ("Install SegUnify in its own Python environment (python3 -m venv ~/segunify-env && "
+            "~/segunify-env/bin/pip install segunify), then set its Python in Processing > Options > "
+            "Providers > SegUnify > Python executable, or the SEGUNIFY_PYTHON environment variable.")
+
+
+last_child_pid: int | None = None  # the most recent child's pid (tests check that it is gone)
+
+
+class EnvironmentMissing(Exception):
+    """No usable SegUnify environment; the message says how to fix it."""
+
+
+class ChildFailed(Exception):
+    """The child exited with an error; the message is its one-line explanation."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+def configured_python() -> str:
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+
+        value = ProcessingConfig.getSetting(SETTING_PYTHON)
+    except Exception:
+        value = None
+    return str(value or "").strip()
+
+
+def child_environment() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in UNSAFE_ENV}
+    env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    return env
+
+
+def find_command() -> tuple[list[str], str]:
+    """The argv prefix that runs `segunify`, and where it came from: the provider setting, the
+    SEGUNIFY_PYTHON environment variable, or `segunify` on PATH, in that order."""
+    for source, python in (("provider setting", configured_python()),
+                           ("SEGUNIFY_PYTHON", os.environ.get(ENV_PYTHON, "").strip())):
+        if python:
+            if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+                raise EnvironmentMissing(f"The Python set in the {source} ('{python}') does not exist or is not "
+                                         f"executable. {FIX_HINT}")
+            return [python, "-m", "segunify_cli"], f"{python} ({source})"
+    exe = shutil.which("segunify")
+    if exe:
+        return [exe], f"{exe} (PATH)"
+    raise EnvironmentMissing(f"No SegUnify environment found. {FIX_HINT}")
+
+
+def probe() -> dict:
+    """Ask the environment to describe itself (`segunify check --json`)."""
+    command, origin = find_command()
+    proc = subprocess.run(command + ["check", "--json"], capture_output=True, text=True, env=child_environment(),
+                          timeout=300)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EnvironmentMissing(f"{origin} cannot run SegUnify ({last}). {FIX_HINT}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["origin"] = origin
+    return report
+
+
+def _pump(stream, tag: str, out: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        out.put((tag, line.rstrip("\n")))
+    out.put((tag, None))
+
+
+def remove_partials(paths: list[str]) -> None:
+    """Remove temporary files the CLI could not clean up (only after a hard kill)."""
+    for path in paths:
+        folder, name = os.path.split(path)
+        stem = os.path.splitext(name)[0]
+        for tmp in glob.glob(os.path.join(folder or ".", f".{glob.escape(stem)}.*.partial*")):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def run_cli(args: list[str], feedback, phases: dict[str, tuple[float, float]] | None = None,
+            outputs: list[str] | None = None) -> list[dict]:
+    """Run `segunify --progress json ARGS`, driving feedback; return the JSON events seen.
+
+    phases maps a CLI progress phase to the share (start, end) of the algorithm's progress bar.
+    On cancel the child gets SIGTERM (it cleans up its temporary files), then SIGKILL after 10 s;
+    nothing is left at the outputs either way.
+    """
+    command, origin = find_command()
+    argv = command + ["--progress", "json"] + [str(a) for a in args]
+    feedback.pushCommandInfo(" ".join(argv))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, encoding="utf-8", errors="replace", env=child_environment(), bufsize=1)
+    global last_child_pid
+    last_child_pid = proc.pid
+    lines: queue.Queue = queue.Queue()
+    for stream, tag in ((proc.stdout, "out"), (proc.stderr, "err")):
+        threading.Thread(target=_pump, args=(stream, tag, lines), daemon=True).start()
+    events, error, open_streams = [], None, 2
+    phases = phases or {}
+    try:
+        while open_streams:
+            if feedback.isCanceled():
+                raise Cancelled
+            try:
+                tag, line = lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                open_streams -= 1
+                continue
+            if tag == "err":
+                if line.strip() and not line.startswith("Error: "):
+                    feedback.pushConsoleInfo(line)
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                feedback.pushConsoleInfo(line)
+                continue
+            events.append(event)
+            if event.get("type") == "progress":
+                start, end = phases.get(event.get("phase"), (0.0, 100.0))
+                feedback.setProgressText(event.get("phase", ""))
+                feedback.setProgress(start + (end - start) * event.get("percent", 0) / 100.0)
+            elif event.get("type") == "error":
+                error = event.get("message")
+        code = proc.wait()
+    except Cancelled:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        remove_partials(outputs or [])
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    if code == -9 or code == 137:
+        raise ChildFailed("The SegUnify process was killed (exit -9), most likely out of memory; lower the batch "
+                          "size or the window size, or close other programs.")
+    if code != 0:
+        raise ChildFailed(error or f"SegUnify exited with code {code} ({origin}); see the log above.")
+    return events
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process `pid` no longer exists (used by tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

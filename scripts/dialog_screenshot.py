@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Render the 'Segment raster' algorithm dialog offscreen to docs/segment_dialog.png.
+
+Run with Debian's QGIS Python:  QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/dialog_screenshot.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", tempfile.mkdtemp(prefix="segunify-shot-"))
+sys.path.insert(0, "/usr/share/qgis/python/plugins")
+sys.path.insert(0, str(REPO))
+
+from qgis.core import QgsApplication  # noqa: E402
+
+app = QgsApplication([], True)
+app.initQgis()
+from processing.core.Processing import Processing  # noqa: E402
+
+Processing.initialize()
+from qgis_plugin.provider import SegUnifyProvider  # noqa: E402
+
+provider = SegUnifyProvider()
+QgsApplication.processingRegistry().addProvider(provider)
+from processing.gui.AlgorithmDialog import AlgorithmDialog  # noqa: E402
+from qgis.PyQt.QtCore import QSize  # noqa: E402
+
+alg = QgsApplication.processingRegistry().createAlgorithmById("segunify:segment")
+dialog = AlgorithmDialog(alg)
+dialog.resize(QSize(1000, 760))
+dialog.show()
+for _ in range(20):
+    app.processEvents()
+out = REPO / "docs" / "segment_dialog.png"
+out.parent.mkdir(exist_ok=True)
+dialog.grab().save(str(out))
+print(out)

@@ -1,0 +1,86 @@
+"""QGIS tests: Debian's QGIS 3.22 in a headless QgsApplication (run with the system python3, see
+scripts/test.sh). The SegUnify child runs in the project's .venv (SEGUNIFY_PYTHON)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_PYTHON = Path(os.environ.get("SEGUNIFY_TEST_PYTHON", REPO / ".venv" / "bin" / "python"))
+PROFILE = tempfile.mkdtemp(prefix="segunify-qgis-profile-")
+os.environ.update(QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=PROFILE, SEGUNIFY_PYTHON=str(VENV_PYTHON))
+sys.path.insert(0, "/usr/share/qgis/python/plugins")
+sys.path.insert(0, str(REPO))
+
+from qgis.core import QgsApplication  # noqa: E402
+
+_app = QgsApplication([], True)
+_app.initQgis()
+
+import processing  # noqa: E402,F401
+from processing.core.Processing import Processing  # noqa: E402
+
+Processing.initialize()
+
+from qgis_plugin.provider import SegUnifyProvider  # noqa: E402
+
+_provider = SegUnifyProvider()
+QgsApplication.processingRegistry().addProvider(_provider)
+
+
+def samples_dir() -> Path | None:
+    env = os.environ.get("SEGUNIFY_SAMPLES")
+    path = Path(env) if env else REPO.parent / "shared" / "samples"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    path = samples_dir()
+    if path is None:
+        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random-weight timm checkpoint of a small ViT, written by the SegUnify environment."""
+    path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.safetensors"
+    code = ("import sys, timm, torch\nfrom safetensors.torch import save_file\ntorch.manual_seed(0)\n"
+            "m = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0)\n"
+            "save_file({k: v.contiguous() for k, v in m.state_dict().items()}, sys.argv[1])\n")
+    subprocess.run([str(VENV_PYTHON), "-c", code, str(path)], check=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plugin_dir(tmp_path_factory) -> Path:
+    """The assembled plugin (scripts/build_plugin.py), as QGIS_PLUGINPATH for qgis_process."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from build_plugin import build_plugin
+
+    dest = tmp_path_factory.mktemp("plugins")
+    build_plugin(dest)
+    return dest
+
+
+@pytest.fixture
+def set_python():
+    """Point the provider setting at a Python for one test, then restore it."""
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    from qgis_plugin.runner import SETTING_PYTHON
+
+    old = ProcessingConfig.getSetting(SETTING_PYTHON)
+
+    def set_value(value):
+        ProcessingConfig.setSettingValue(SETTING_PYTHON, value)
+
+    yield set_value
+    ProcessingConfig.setSettingValue(SETTING_PYTHON, old or "")

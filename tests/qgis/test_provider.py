@@ -1,0 +1,152 @@
+"""The SegUnify Processing provider inside a headless QGIS, and through qgis_process.bin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import processing
+import pytest
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+
+from qgis_plugin import runner
+
+QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+
+
+def test_provider_has_four_algorithms():
+    provider = QgsApplication.processingRegistry().providerById("segunify")
+    assert provider is not None
+    ids = sorted(a.id() for a in provider.algorithms())
+    assert ids == ["segunify:check_environment", "segunify:segment", "segunify:train", "segunify:vectorize"]
+    for alg in provider.algorithms():
+        assert len(alg.shortHelpString()) > 200, alg.id()
+
+
+class CancelAt(QgsProcessingFeedback):
+    """Cancels once the segmentation phase passes a share of the progress bar."""
+
+    def __init__(self, at: float):
+        super().__init__()
+        self.at, self.cancelled_at = at, None
+
+    def setProgress(self, value):  # noqa: N802 - QGIS API
+        super().setProgress(value)
+        if value >= self.at and self.cancelled_at is None:
+            self.cancelled_at = value
+            self.cancel()
+
+
+def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
+    out = tmp_path / "dir with spaces 'quotes' é" / "classes.tif"
+    out.parent.mkdir()
+    src = tmp_path / "ortho ü.tif"
+    shutil.copy(samples / "rasterio/cogeo.tif", src)
+    result = processing.run("segunify:segment", {
+        "INPUT": str(src), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights),
+        "WINDOW": 224, "STRIDE": 160, "OUTPUT": str(out), "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"),
+        "MIN_AREA": 50.0})
+    assert result["OUTPUT"] == str(out)
+    layer, source = QgsRasterLayer(str(out), "out"), QgsRasterLayer(str(src), "in")
+    assert layer.isValid()
+    assert layer.crs() == source.crs() and layer.extent() == source.extent()
+    assert (layer.width(), layer.height()) == (source.width(), source.height())
+    assert out.with_suffix(".qml").exists()
+    assert os.path.getsize(result["OUTPUT_VECTOR"]) > 0
+
+
+def test_cancel_kills_child_and_leaves_no_output(samples, tiny_weights, tmp_path):
+    out = tmp_path / "classes.tif"
+    feedback = CancelAt(60.0)  # self-fit phases take 0-50 %; 60 % is inside the segmentation
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        processing.run("segunify:segment", {
+            "INPUT": str(samples / "rasterio/cogeo.tif"), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224",
+            "BACKBONE_WEIGHTS": str(tiny_weights), "WINDOW": 224, "STRIDE": 96, "BATCH_SIZE": 1,
+            "OUTPUT": str(out)}, feedback=feedback)
+    assert feedback.cancelled_at is not None
+    assert runner.last_child_pid is not None and runner.wait_gone(runner.last_child_pid)
+    assert not out.exists()
+    assert os.listdir(tmp_path) == [], "no partial files either"
+
+
+def test_check_environment_reports(set_python):
+    ok = processing.run("segunify:check_environment", {})
+    assert ok["OK"] is True and "SegUnify" in ok["REPORT"] and "Device" in ok["REPORT"]
+    set_python("/usr/bin/python3")  # QGIS's own Python: no SegUnify there
+    missing = processing.run("segunify:check_environment", {})
+    assert missing["OK"] is False
+    assert "cannot run SegUnify" in missing["REPORT"] and "pip install segunify" in missing["REPORT"]
+    assert "Processing > Options > Providers > SegUnify" in missing["REPORT"]
+    set_python("")
+    os.environ["SEGUNIFY_PYTHON"] = "/nonexistent/python"  # QGIS refuses such a path in the setting itself
+    try:
+        assert "does not exist" in processing.run("segunify:check_environment", {})["REPORT"]
+    finally:
+        os.environ["SEGUNIFY_PYTHON"] = str(runner_python())
+
+
+def runner_python():
+    from conftest import VENV_PYTHON
+
+    return VENV_PYTHON
+
+
+def test_missing_environment_is_one_clear_error(set_python, tmp_path, monkeypatch):
+    set_python("")
+    monkeypatch.setenv("SEGUNIFY_PYTHON", "/nonexistent/python")
+    (tmp_path / "x.tif").write_bytes(b"whatever")
+    with pytest.raises(QgsProcessingException, match="does not exist or is not executable"):
+        processing.run("segunify:vectorize", {"INPUT": str(tmp_path / "x.tif"), "OUTPUT": str(tmp_path / "v.gpkg")})
+    assert not (tmp_path / "v.gpkg").exists()
+
+
+def qgis_process(plugin_dir, *args, timeout=900):
+    env = {**os.environ, "QGIS_PLUGINPATH": str(plugin_dir)}
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "segunify"], env=env, capture_output=True, timeout=300)
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_qgis_process_list_and_help(plugin_dir):
+    listed = qgis_process(plugin_dir, "list")
+    for alg in ("segunify:segment", "segunify:train", "segunify:vectorize", "segunify:check_environment"):
+        assert alg in listed.stdout
+    helped = qgis_process(plugin_dir, "help", "segunify:segment")
+    assert helped.returncode == 0
+    for param in ("INPUT", "BANDS", "MODEL", "CLASSES", "WINDOW", "STRIDE", "CRF", "FLIP", "BATCH_SIZE",
+                  "NATIVE_RESOLUTION", "BACKBONE", "BACKBONE_WEIGHTS", "DEVICE", "OUTPUT", "OUTPUT_VECTOR", "MIN_AREA"):
+        assert f"{param}:" in helped.stdout, param
+    assert "Speed:" in helped.stdout
+
+
+def test_qgis_process_segment(plugin_dir, samples, tiny_weights, tmp_path):
+    out = tmp_path / "classes.tif"
+    run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={samples / 'rasterio/cogeo.tif'}",
+                       "CLASSES=3", "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}",
+                       "WINDOW=224", "STRIDE=160", f"OUTPUT={out}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    layer = QgsRasterLayer(str(out), "out")
+    source = QgsRasterLayer(str(samples / "rasterio/cogeo.tif"), "in")
+    assert layer.crs() == source.crs() and layer.extent() == source.extent()
+    assert (layer.width(), layer.height()) == (source.width(), source.height())
+
+
+def test_qgis_process_bad_input(plugin_dir, tiny_weights, tmp_path):
+    bad = tmp_path / "notes.tif"
+    bad.write_text("this is a text file, not a raster\n")
+    out = tmp_path / "classes.tif"
+    run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={bad}", "CLASSES=3",
+                       "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}", f"OUTPUT={out}")
+    assert run.returncode != 0
+    assert "is not a raster GDAL can read" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["notes.tif"]
+
+
+def test_screenshot_of_dialog_is_in_docs():
+    """docs/segment_dialog.png is rendered by scripts/dialog_screenshot.py; the README shows it."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "docs" / "segment_dialog.png").stat().st_size > 10_000
+    assert "docs/segment_dialog.png" in (repo / "README.md").read_text()
