@@ -150,3 +150,26 @@ def test_screenshot_of_dialog_is_in_docs():
     repo = Path(__file__).resolve().parents[2]
     assert (repo / "docs" / "segment_dialog.png").stat().st_size > 10_000
     assert "docs/segment_dialog.png" in (repo / "README.md").read_text()
+
+
+def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp_path):
+    folder = tmp_path / "orthos"
+    folder.mkdir()
+    for name in ("rgb1.tif", "rgb2.tif"):
+        shutil.copy(samples / "rasterio" / name, folder / name)
+    model = tmp_path / "model.safetensors"
+    trained = processing.run("segunify:train", {
+        "INPUT": str(folder), "CLASSES": 3, "STEPS": 5, "BATCH_SIZE": 4, "WINDOW": 224, "MAX_WINDOWS": 8,
+        "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(model)})
+    assert trained["OUTPUT"] == str(model) and model.stat().st_size > 0
+    classes = tmp_path / "classes.tif"
+    processing.run("segunify:segment", {"INPUT": str(samples / "rasterio/rgb3.tif"), "MODEL": str(model),
+                                        "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(classes)})
+    assert QgsRasterLayer(str(classes), "c").isValid()
+    polygons = processing.run("segunify:vectorize", {"INPUT": str(classes), "MIN_AREA": 0.0,
+                                                     "OUTPUT": str(tmp_path / "polys.gpkg")})
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(polygons["OUTPUT"], "p", "ogr")
+    assert layer.isValid() and layer.featureCount() > 0
+    assert "class_id" in layer.fields().names() and "area_m2" in layer.fields().names()
