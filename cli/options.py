@@ -109,8 +109,9 @@ def guarded(func: Callable) -> Callable:
         except OSError as exc:
             if debug:
                 traceback.print_exc()
-            if exc.errno == 28:
-                fail("The disk is full; free space or write the output to another disk.", 1)
+            if exc.errno in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+                fail(f"Writing failed ({exc.strerror}): the disk is full or a quota/file-size limit was reached; "
+                     "free space or write to another disk.", 1)
             fail(f"{exc.strerror or exc} ({exc.filename or 'file'}); check the path and permissions.", 1)
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:

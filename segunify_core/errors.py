@@ -9,3 +9,18 @@ class SegUnifyError(Exception):
 
 class CancelledError(SegUnifyError):
     """The run was interrupted (Ctrl-C, SIGTERM or a cancel request)."""
+
+
+def write_failure(path, exc: BaseException) -> SegUnifyError:
+    """Errors while writing are nearly always a full disk, a quota or a file-size limit."""
+    detail = error_detail(exc)
+    return SegUnifyError(f"Writing '{path}' failed{detail}: the disk is full or a quota/file-size limit was "
+                         "reached; free space or write to another disk.")
+
+
+def error_detail(exc: BaseException) -> str:
+    """' (last line of the error)' or '' when it says nothing (GDAL's 'See previous exception')."""
+    lines = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()
+    if not lines or "See previous exception" in lines[-1]:
+        return ""
+    return f" ({lines[-1][:120]})"

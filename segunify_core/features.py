@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from .backbone import Backbone
 from .datasets import TrainingImage
-from .errors import SegUnifyError
+from .errors import SegUnifyError, write_failure
 
 CACHE_FORMAT = 1
 
@@ -147,7 +147,11 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
                             f"{free / 1e9:.1f} GB free; lower --max-windows or pass --cache-dir.")
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise SegUnifyError(f"Cannot create the feature cache in '{folder.parent}' ({exc.strerror}); pass a "
+                            "writable --cache-dir.") from None
     try:
         store = np.memmap(tmp / "features.f16", dtype=np.float16, mode="w+", shape=shape)
         for start in range(0, count, batch_size):
@@ -164,6 +168,9 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(tmp / "features.f16", exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,7 +20,7 @@ from torch import nn
 
 from .backbone import DEFAULT_BACKBONE, Backbone, create_backbone
 from .compressor import Compressor
-from .errors import SegUnifyError
+from .errors import SegUnifyError, write_failure
 from .labeler import Labeler
 
 FORMAT_NAME = "segunify-model"
@@ -95,12 +95,22 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
         **(extra or {}),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SegUnifyError(f"Cannot write the model to '{path.parent}' ({exc.strerror}); choose a writable "
+                            "folder.") from None
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
         os.replace(tmp, path)
+    except (KeyboardInterrupt, SegUnifyError):
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # safetensors and the OS report a full disk in their own ways
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

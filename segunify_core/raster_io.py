@@ -14,7 +14,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .errors import SegUnifyError
+from .errors import SegUnifyError, error_detail
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -152,8 +152,12 @@ class RasterReader:
         window = Window(0, 0, self.ds.width, self.ds.height)
         if not self.is_8bit:
             unique = sorted(set(self.bands))
-            data = self.ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.nearest)
-            mask = self.ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+            try:
+                data = self.ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.nearest)
+                mask = self.ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+            except RasterioIOError:
+                raise SegUnifyError(f"Input '{self.ds.name}' could not be read; the file is damaged or "
+                                    "truncated: copy or export it again.") from None
             for i, band in enumerate(self.bands):
                 values = data[unique.index(band)][mask].astype(np.float64)
                 values = values[np.isfinite(values)]
@@ -173,6 +177,22 @@ class RasterReader:
 
         The window may extend beyond the raster: outside pixels are invalid.
         """
+        try:
+            return self._read(window, out_shape, resampling)
+        except RasterioIOError as exc:
+            raise SegUnifyError(f"Input '{self.ds.name}' could not be read{error_detail(exc)}; the file is damaged "
+                                "or truncated: copy or export it again.") from None
+
+    def valid_mask(self, window: Window) -> np.ndarray:
+        """Validity (nodata, alpha, internal masks) of a window inside the raster."""
+        try:
+            return self.ds.dataset_mask(window=window) > 0
+        except RasterioIOError:
+            raise SegUnifyError(f"Input '{self.ds.name}' could not be read; the file is damaged or truncated: "
+                                "copy or export it again.") from None
+
+    def _read(self, window: Window, out_shape: tuple[int, int] | None,
+              resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
         shape = out_shape or (int(window.height), int(window.width))
         unique = sorted(set(self.bands))
         outside = (window.col_off < 0 or window.row_off < 0 or window.col_off + window.width > self.width

@@ -28,11 +28,11 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from .backbone import Backbone
-from .errors import SegUnifyError
+from .errors import SegUnifyError, write_failure
 from .features import FeatureCache, build_cache
 from .inference import class_colours, write_preview
 from .model import SegUnifyModel
-from .raster_io import RasterReader, ground_sampling_distance
+from .raster_io import RasterReader, ground_sampling_distance, open_raster
 from .tiling import Tile, WindowPlan
 from .training import TrainConfig, Trainer, new_model
 
@@ -105,7 +105,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _temp_beside(path: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise SegUnifyError(f"Cannot write to the output folder '{path.parent}' ({exc.strerror}); choose a "
+                            "writable folder.") from None
     os.close(fd)
     return Path(tmp)
 
@@ -297,6 +301,11 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
                             "another output.")
     device = torch.device(options.device)
     bands = options.bands if options.bands is not None else (model.config.bands if model else None)
+    if options.bands is None and model is not None and model.config.bands:
+        with open_raster(input_path) as ds:
+            if max(model.config.bands) > ds.count:
+                raise SegUnifyError(f"The model was trained on bands {','.join(map(str, model.config.bands))} but "
+                                    f"'{input_path}' has {ds.count} band(s); choose its bands with --bands.")
     reader = RasterReader.open(input_path, bands)
     temps: list[Path] = []
     fit_folder: Path | None = None
@@ -346,23 +355,26 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
                 else:  # half floats: GTiff stores Float32 with NBITS=16
                     prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "float32", 16))
         try:
-            dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255)
-                                                       for i, c in enumerate(class_colours(n))}})
-            _label_pass(model, plan, source, options, crf, dst, prob_dst, fit_index, fit_cache, device,
-                        progress)
-        finally:
-            dst.close()
-            if prob_dst is not None:
-                prob_dst.close()
-        if options.cog:
-            tmp_cog = _temp_beside(output_path, ".tif")
-            temps.append(tmp_cog)
-            _to_cog(tmp_out, tmp_cog)
-            tmp_out = tmp_cog
-        os.replace(tmp_out, output_path)
-        if options.probabilities:
-            os.replace(temps[1], Path(options.probabilities))
-        write_qml(output_path.with_suffix(".qml"), n)
+            try:
+                dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255)
+                                                           for i, c in enumerate(class_colours(n))}})
+                _label_pass(model, plan, source, options, crf, dst, prob_dst, fit_index, fit_cache, device,
+                            progress)
+            finally:
+                dst.close()
+                if prob_dst is not None:
+                    prob_dst.close()
+            if options.cog:
+                tmp_cog = _temp_beside(output_path, ".tif")
+                temps.append(tmp_cog)
+                _to_cog(tmp_out, tmp_cog)
+                tmp_out = tmp_cog
+            os.replace(tmp_out, output_path)
+            if options.probabilities:
+                os.replace(temps[1], Path(options.probabilities))
+            write_qml(output_path.with_suffix(".qml"), n)
+        except (rasterio.errors.RasterioIOError, OSError) as exc:  # reads raise SegUnifyError instead
+            raise write_failure(output_path, exc) from None
         if options.preview:
             _preview(reader, output_path, Path(options.preview))
         return SegmentReport(str(output_path), reader.width, reader.height, len(plan), n,
@@ -430,8 +442,7 @@ def _write_rows(reader: RasterReader, dst, prob_dst, probs: np.ndarray, covered:
                 prob_dtype: str) -> None:
     n_rows = probs.shape[1]
     window = Window(0, row0, reader.width, n_rows)
-    valid = reader.ds.dataset_mask(window=window) > 0
-    valid &= covered
+    valid = reader.valid_mask(window) & covered
     labels = (probs.argmax(0) + 1).astype(np.uint8)
     labels[~valid] = 0
     dst.write(labels, 1, window=window)

@@ -20,7 +20,7 @@ import torch
 
 from .backbone import Backbone, create_backbone
 from .datasets import TrainingImage, training_images
-from .errors import SegUnifyError
+from .errors import SegUnifyError, write_failure
 from .features import FeatureCache, WindowReader, build_cache, cache_key, default_cache_dir, plan_windows
 from .losses import energy
 from .model import ModelConfig, SegUnifyModel, save_model
@@ -124,14 +124,21 @@ class Trainer:
             for name, value in state.items():
                 tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
         meta = {"format": STATE_FORMAT, "step": self.step, "config": dataclasses.asdict(self.config), **extra}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise SegUnifyError(f"Cannot write the training checkpoint to '{path.parent}' ({exc.strerror}); "
+                                "choose a writable folder for the model.") from None
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
             os.replace(tmp, path)
-        except BaseException:
+        except KeyboardInterrupt:
             Path(tmp).unlink(missing_ok=True)
             raise
+        except Exception as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise write_failure(path, exc) from None
 
     def load_state(self, path: Path) -> dict[str, Any]:
         from safetensors import safe_open

@@ -11,7 +11,7 @@ import rasterio
 from rasterio import features
 from rasterio.windows import Window
 
-from .errors import SegUnifyError
+from .errors import SegUnifyError, write_failure
 
 BLOCK = 4096
 HALO = 64  # context read around each block so sieving sees regions that cross block edges
@@ -73,12 +73,18 @@ def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float
         frame["area_m2"] = frame.to_crs(frame.estimate_utm_crs()).area
     else:
         frame["area_m2"] = frame.area
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.stem}.", suffix=".partial.gpkg", dir=output_path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.stem}.", suffix=".partial.gpkg", dir=output_path.parent)
+    except OSError as exc:
+        raise SegUnifyError(f"Cannot write to the output folder '{output_path.parent}' ({exc.strerror}); choose a "
+                            "writable folder.") from None
     os.close(fd)
     try:
         Path(tmp).unlink()
         frame.to_file(tmp, driver="GPKG", layer="classes")
         os.replace(tmp, output_path)
+    except (OSError, RuntimeError, ValueError) as exc:  # pyogrio reports a full disk as DataSourceError
+        raise write_failure(output_path, exc) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return {"polygons": len(frame), "area": float(frame["area_m2"].sum()), "min_pixels": min_pixels}
