@@ -14,15 +14,10 @@ from segunify_core.segment import SegmentOptions, segment_raster
 
 from .common import prepare
 from .options import (
-    backbone_weights_option,
     bands_option,
-    crf_option,
-    device_option,
-    flip_option,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
+    run_options,
     setup_logging,
 )
 
@@ -38,12 +33,7 @@ from .options import (
 @click.option("--cog", is_flag=True)
 @click.option("--overwrite", is_flag=True, help="Redo files whose output exists (default: skip them).")
 @bands_option
-@crf_option
-@flip_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@run_options
 @click.pass_context
 @guarded
 def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, native_resolution, cog, overwrite,

@@ -11,14 +11,9 @@ from segunify_core.evaluation import evaluate
 
 from .common import prepare
 from .options import (
-    backbone_weights_option,
-    crf_option,
-    device_option,
-    flip_option,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
+    run_options,
     setup_logging,
 )
 
@@ -32,12 +27,7 @@ from .options import (
               help="Potsdam evaluation resolution (resize shorter side, centre crop).")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@crf_option
-@flip_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@run_options
 @click.pass_context
 @guarded
 def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, flip, backbone_weights, device,

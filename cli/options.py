@@ -39,6 +39,14 @@ bands_option = click.option("--bands", default=None,
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 
 
+def run_options(func: Callable) -> Callable:
+    """The options every command that runs a model shares, in the order --help lists them."""
+    for option in reversed((crf_option, flip_option, backbone_weights_option, device_option, precision_option,
+                            quiet_option)):
+        func = option(func)
+    return func
+
+
 class Progress:
     """Progress as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
 

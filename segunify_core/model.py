@@ -84,8 +84,6 @@ class SegUnifyModel(nn.Module):
 
 def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the model atomically (temporary file in the same folder, then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     meta = {
         "format": FORMAT_NAME,
@@ -95,19 +93,24 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
         **(extra or {}),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
+    write_safetensors(path, tensors, meta)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Tensors + JSON metadata, written to a temporary file beside `path` and renamed: a crash, a
+    full disk or Ctrl-C never leaves a half-written file at `path`."""
+    from safetensors.torch import save_file
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise SegUnifyError(f"Cannot write the model to '{path.parent}' ({exc.strerror}); choose a writable "
+        raise SegUnifyError(f"Cannot write '{path.name}' to '{path.parent}' ({exc.strerror}); choose a writable "
                             "folder.") from None
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
         os.replace(tmp, path)
-    except (KeyboardInterrupt, SegUnifyError):
-        Path(tmp).unlink(missing_ok=True)
-        raise
     except Exception as exc:  # safetensors and the OS report a full disk in their own ways
         Path(tmp).unlink(missing_ok=True)
         raise write_failure(path, exc) from None

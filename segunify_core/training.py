@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,10 @@ import torch
 
 from .backbone import Backbone, create_backbone
 from .datasets import TrainingImage, training_images
-from .errors import SegUnifyError, write_failure
+from .errors import SegUnifyError
 from .features import FeatureCache, WindowReader, build_cache, cache_key, default_cache_dir, plan_windows
 from .losses import energy
-from .model import ModelConfig, SegUnifyModel, save_model
+from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"
@@ -116,29 +114,13 @@ class Trainer:
 
     # Training state: safetensors tensors + JSON, like the model file (never pickled).
     def save_state(self, path: Path, extra: dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
         tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.head_state().items()}
         opt = self.optimizer.state_dict()
         for idx, state in opt["state"].items():
             for name, value in state.items():
                 tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
         meta = {"format": STATE_FORMAT, "step": self.step, "config": dataclasses.asdict(self.config), **extra}
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise SegUnifyError(f"Cannot write the training checkpoint to '{path.parent}' ({exc.strerror}); "
-                                "choose a writable folder for the model.") from None
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
-            os.replace(tmp, path)
-        except KeyboardInterrupt:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise write_failure(path, exc) from None
+        write_safetensors(path, tensors, meta)
 
     def load_state(self, path: Path) -> dict[str, Any]:
         from safetensors import safe_open
