@@ -352,7 +352,8 @@ def test_train_interrupted_then_resumed(env, tmp_path, sig):
     assert digest(env["inputs"]) == before
 
 
-def test_batch_interrupted(env):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_batch_interrupted(env, sig):
     folder = env["inputs"] / "tiles"
     folder.mkdir()
     for i in range(4):
@@ -370,7 +371,7 @@ def test_batch_interrupted(env):
         if event.get("phase") == "segment" and event["done"] == event["total"]:
             done_files += 1
         if done_files == 1 and event.get("phase") == "segment" and 40 <= event["percent"] < 100:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
     proc.wait(timeout=120)
     assert proc.returncode == 130
