@@ -32,6 +32,7 @@ def test_train_recovers_regions(tmp_path, tiny_weights):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     scores = json.loads(out.stdout)
+    print(f"generated scene: accuracy {scores['accuracy']:.4f}, mIoU {scores['miou']:.4f}")
     assert scores["miou"] >= 0.8, scores
     table = subprocess.run(CLI + ["evaluate", str(model), str(tmp_path / "eval")] + common,
                            capture_output=True, text=True, timeout=600)
