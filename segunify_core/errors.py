@@ -7,10 +7,6 @@ class SegUnifyError(Exception):
     """An error the user can fix; the CLI prints its message without a traceback."""
 
 
-class CancelledError(SegUnifyError):
-    """The run was interrupted (Ctrl-C, SIGTERM or a cancel request)."""
-
-
 def write_failure(path, exc: BaseException) -> SegUnifyError:
     """Errors while writing are nearly always a full disk, a quota or a file-size limit."""
     detail = error_detail(exc)
