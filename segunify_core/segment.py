@@ -196,13 +196,17 @@ class TileSource:
             return self.model_window, self.model_window
         return max(1, round(tile.height / self.scale)), max(1, round(tile.width / self.scale))
 
+    def input_size(self, tile: Tile) -> int:
+        """Side S of the square model input: a patch multiple >= the model window."""
+        return max(self.model_window, math.ceil(max(self.model_shape(tile)) / self.patch) * self.patch)
+
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """RGB (3, S, S) 0..255 with S a patch multiple >= the model window, and validity (h, w)
-        of the unpadded model-resolution window."""
+        """RGB (3, S, S) 0..255 (S = input_size), and validity (h, w) of the unpadded
+        model-resolution window."""
         shape = self.model_shape(tile)
         rgb, valid = self.reader.read(Window(tile.col_off, tile.row_off, tile.width, tile.height), shape)
         rgb = np.where(valid[None], rgb, self.reader.fill[:, None, None].astype(np.float32))
-        size = max(self.model_window, math.ceil(max(shape) / self.patch) * self.patch)
+        size = self.input_size(tile)
         ph, pw = size - shape[0], size - shape[1]
         if ph or pw:  # small rasters: reflect-pad to a whole window; padding is cut off afterwards
             rgb = np.pad(rgb, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(shape) > 1 else "edge")
@@ -244,7 +248,7 @@ def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbon
     folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
     try:
         cache = build_cache(folder / "features", len(fit_tiles), lambda k: source.read(fit_tiles[k])[0],
-                            source.read(fit_tiles[0])[0].shape[-1], backbone, flip, batch_size=4,
+                            source.input_size(fit_tiles[0]), backbone, flip, batch_size=4,
                             device=device,
                             progress=(lambda d, t: progress("features", d, t)) if progress else None)
         config = TrainConfig(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = "vit_tiny_patch16_224"  # a timm ViT name: 5.7M parameters, fast on CPU
 
 
-def samples_dir() -> Path | None:
-    env = os.environ.get("SEGUNIFY_SAMPLES")
-    path = Path(env) if env else REPO.parent / "shared" / "samples"
-    return path if path.is_dir() else None
-
-
-@pytest.fixture(scope="session")
-def samples() -> Path:
-    path = samples_dir()
-    if path is None:
-        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
-    return path
+from tests.helpers import samples, samples_dir  # noqa: E402,F401 - the fixture is shared with tests/qgis
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Backbone checkpoints in the official DINO layout and in timm's layout load to the same features."""
 
 import os
-import pickle
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ from safetensors.torch import save_file
 
 from segunify_core.backbone import BACKBONES, create_backbone, resolve_backbone
 from segunify_core.errors import SegUnifyError
+from tests.helpers import exploit_pickle_in_dict
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +87,10 @@ def test_wrong_checkpoint_is_a_clear_error(tmp_path):
         create_backbone("dino_vits16", path)
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch EXPLOITED",))
-
-
 def test_pickled_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
-    path.write_bytes(pickle.dumps({"pos_embed": _Exploit()}))
+    path.write_bytes(exploit_pickle_in_dict("pos_embed"))
     with pytest.raises(SegUnifyError, match="Cannot read backbone weights"):
         create_backbone("dino_vits16", path)
     assert not (tmp_path / "EXPLOITED").exists()

@@ -1,8 +1,6 @@
 """The model file: safetensors + JSON, round trip, and clear refusals of bad files."""
 
 import json
-import os
-import pickle
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
 from segunify_core.model import FORMAT_VERSION, ModelConfig, SegUnifyModel, load_model, save_model
+from tests.helpers import exploit_pickle
 
 
 @pytest.fixture
@@ -81,15 +80,10 @@ def test_newer_version(tmp_path, saved):
         load_model(newer)
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch EXPLOITED",))
-
-
 def test_pickle_renamed_is_refused_and_never_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "model.safetensors"
-    path.write_bytes(pickle.dumps(_Exploit()))
+    path.write_bytes(exploit_pickle())
     with pytest.raises(SegUnifyError, match="not a SegUnify model file"):
         load_model(path)
     assert not (tmp_path / "EXPLOITED").exists()

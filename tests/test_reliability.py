@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import resource
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from segunify_core.errors import SegUnifyError
 from segunify_core.raster_io import RasterReader, choose_bands
 from segunify_core.tiling import WindowPlan
 from tests.conftest import TINY_VIT, make_blobs, write_geotiff
+from tests.helpers import exploit_pickle
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 MESSAGES: list[tuple[str, str]] = []  # (case, message) for the report printed at the end
@@ -249,14 +249,9 @@ def test_model_band_mismatch(env, tiny_backbone, tmp_path):
     run_fail("model bands vs input bands", args, "trained on bands 4,2,1", env["out"], env["inputs"])
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch EXPLOITED",))
-
-
 def test_pickle_renamed_refused(env, tmp_path):
     evil = env["inputs"] / "model.safetensors"
-    evil.write_bytes(pickle.dumps(_Exploit()))
+    evil.write_bytes(exploit_pickle())
     args = seg_args(env, env["good"])
     args[args.index("--model") + 1] = str(evil)
     run_fail("pickle renamed to .safetensors", args, "not a SegUnify model file", env["out"], env["inputs"],

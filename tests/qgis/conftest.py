@@ -34,18 +34,7 @@ _provider = SegUnifyProvider()
 QgsApplication.processingRegistry().addProvider(_provider)
 
 
-def samples_dir() -> Path | None:
-    env = os.environ.get("SEGUNIFY_SAMPLES")
-    path = Path(env) if env else REPO.parent / "shared" / "samples"
-    return path if path.is_dir() else None
-
-
-@pytest.fixture(scope="session")
-def samples() -> Path:
-    path = samples_dir()
-    if path is None:
-        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
-    return path
+from tests.helpers import samples  # noqa: E402,F401 - shared fixture
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,40 @@
+"""Test helpers with no heavy imports, shared by tests/ and tests/qgis/ (which runs under QGIS's
+own Python, without torch or rasterio)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def samples_dir() -> Path | None:
+    env = os.environ.get("SEGUNIFY_SAMPLES")
+    path = Path(env) if env else REPO.parent / "shared" / "samples"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    path = samples_dir()
+    if path is None:
+        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
+    return path
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def exploit_pickle() -> bytes:
+    """A pickle that creates ./EXPLOITED when unpickled: loading it must never run it."""
+    return pickle.dumps(_Exploit())
+
+
+def exploit_pickle_in_dict(key: str) -> bytes:
+    return pickle.dumps({key: _Exploit()})
