@@ -41,7 +41,7 @@ def main() -> None:
         weights = random_checkpoint("vit_small_patch8_224.dino", Path(tmp))
         backbone = create_backbone("dino_vits8", weights)
         backbone.precision = choose_precision("auto", torch.device("cpu"))
-        ref, fast = PyDenseCRF(), TorchDenseCRF()
+        ref, fast = PyDenseCRF(), TorchDenseCRF(stride=int(os.environ.get("CRF_STRIDE", 16)))
         totals = []
         for name in RASTERS:
             reader = RasterReader.open(Path(args.samples) / name)

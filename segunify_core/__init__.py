@@ -1,21 +1,46 @@
 """SegUnify: unsupervised semantic segmentation of aerial and satellite imagery.
 
-The public API is small; see README.md for what each piece does.
+The public API is small; see README.md for what each piece does. Names are imported on first
+use, so that importing one light module (e.g. the CRF worker's) does not pull in torch.
 """
 
-from .backbone import BACKBONES, create_backbone
-from .crf import make_crf
-from .errors import SegUnifyError
-from .evaluation import evaluate
-from .model import ModelConfig, SegUnifyModel, load_model, save_model
-from .segment import SegmentOptions, SelfFitOptions, segment_raster
-from .training import TrainConfig, train
-from .vectorize import vectorize
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "BACKBONES": "backbone", "create_backbone": "backbone",
+    "make_crf": "crf",
+    "SegUnifyError": "errors",
+    "evaluate": "evaluation",
+    "ModelConfig": "model", "SegUnifyModel": "model", "load_model": "model", "save_model": "model",
+    "SegmentOptions": "segment", "SelfFitOptions": "segment", "segment_raster": "segment",
+    "TrainConfig": "training", "train": "training",
+    "vectorize": "vectorize",
+}
+
 __all__ = [
-    "BACKBONES", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions",
-    "SelfFitOptions", "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "save_model",
-    "segment_raster", "train", "vectorize",
+    "BACKBONES", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
+    "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "save_model", "segment_raster",
+    "train", "vectorize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from .backbone import BACKBONES, create_backbone
+    from .crf import make_crf
+    from .errors import SegUnifyError
+    from .evaluation import evaluate
+    from .model import ModelConfig, SegUnifyModel, load_model, save_model
+    from .segment import SegmentOptions, SelfFitOptions, segment_raster
+    from .training import TrainConfig, train
+    from .vectorize import vectorize

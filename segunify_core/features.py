@@ -157,10 +157,11 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
         for start in range(0, count, batch_size):
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
-            feats = [backbone(x)]
-            if flip:
-                feats.append(backbone(x.flip(-1)))
-            store[start:start + len(chunk)] = torch.stack(feats, dim=1).to(torch.float16).cpu().numpy()
+            if flip:  # windows and mirrors in one backbone call
+                feats = torch.stack(backbone(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
+            else:
+                feats = backbone(x)[:, None]
+            store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
             if progress:
                 progress(start + len(chunk), count)
         store.flush()

@@ -66,15 +66,25 @@ class SegUnifyModel(nn.Module):
         """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
         if self.backbone is None:
             raise RuntimeError("model has no backbone attached")
-        code = self.compressor(self.backbone(rgb))
-        if flip:
-            code = (code + self.compressor(self.backbone(rgb.flip(-1))).flip(-1)) / 2.0
-        return code
+        if not flip:
+            return self.compressor(self.backbone(rgb))
+        # One backbone call on windows and mirrors: larger batches run closer to the matmul rate.
+        feats, mirrored = self.backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
+        return (self.compressor(feats) + self.compressor(mirrored).flip(-1)) / 2.0
 
     @torch.inference_mode()
     def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        code = F.interpolate(code, size=size, mode="bilinear", align_corners=False)
-        return torch.log_softmax(self.labeler.teacher_logits(code) * LOGIT_SCALE, dim=1)
+        """(B, K, H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits.
+
+        Same values as `labeler.teacher_logits` on the upsampled code, computed channels-last (the
+        code vector of a pixel contiguous), which is 4x faster on CPU than the channels-first form.
+        """
+        code = F.interpolate(code.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                             align_corners=False).permute(0, 2, 3, 1)
+        prototypes = F.normalize(self.labeler.global_prototypes, dim=1).T * LOGIT_SCALE
+        norms = torch.linalg.vector_norm(code, dim=-1, keepdim=True).clamp_min_(1e-12)
+        logits = (code @ prototypes).div_(norms)
+        return torch.log_softmax(logits, dim=-1).permute(0, 3, 1, 2).contiguous()
 
     @torch.inference_mode()
     def log_probs(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:

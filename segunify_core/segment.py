@@ -151,35 +151,36 @@ def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> d
 
 
 class _Blender:
-    """Accumulates sum(w * p) and sum(w) for the rows of one window row, full width."""
+    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at `top`; the band
+    grows to the lowest tile added and shrinks as finished rows are popped."""
 
     def __init__(self, plan: WindowPlan, n_clusters: int):
         self.plan = plan
-        self.rows = min(plan.window, plan.height)
-        self.acc = np.zeros((n_clusters, self.rows, plan.width), np.float32)
-        self.weight = np.zeros((self.rows, plan.width), np.float32)
+        self.acc = np.zeros((n_clusters, 0, plan.width), np.float32)
+        self.weight = np.zeros((0, plan.width), np.float32)
         self.top = 0
 
     def add(self, tile: Tile, probs: np.ndarray) -> None:
         w = self.plan.weights(tile)
         r0 = tile.row_off - self.top
+        grow = r0 + tile.height - self.weight.shape[0]
+        if grow > 0:
+            self.acc = np.concatenate([self.acc, np.zeros((self.acc.shape[0], grow, self.plan.width), np.float32)], 1)
+            self.weight = np.concatenate([self.weight, np.zeros((grow, self.plan.width), np.float32)])
         sl = (slice(r0, r0 + tile.height), slice(tile.col_off, tile.col_off + tile.width))
         self.acc[(slice(None), *sl)] += probs * w
         self.weight[sl] += w
 
     def pop(self, new_top: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return blended rows [top, new_top) (probabilities, covered) and shift the band."""
+        """Return blended rows [top, new_top) (probabilities, covered) and drop them from the band."""
         n = new_top - self.top
         weight = self.weight[:n]
         probs = self.acc[:, :n] / np.maximum(weight, 1e-12)
         covered = weight > 0
-        out = probs.copy(), covered.copy()
-        self.acc[:, : self.rows - n] = self.acc[:, n:]
-        self.acc[:, self.rows - n:] = 0
-        self.weight[: self.rows - n] = self.weight[n:]
-        self.weight[self.rows - n:] = 0
+        self.acc = self.acc[:, n:].copy()
+        self.weight = self.weight[n:].copy()
         self.top = new_top
-        return out
+        return probs, covered
 
 
 class TileSource:
@@ -278,7 +279,8 @@ def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUn
                    options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
                    backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
     """Segment a raster into a class raster; see `_segment_raster`. GDAL's block cache is capped."""
-    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax, which takes bytes, not megabytes.
+    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
     with rasterio.Env(**cache):
         return _segment_raster(input_path, output_path, model, options, crf, fit, backbone, progress)
 
@@ -368,10 +370,13 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
                 dst.close()
                 if prob_dst is not None:
                     prob_dst.close()
+            for written in temps:
+                _read_back(written)
             if options.cog:
                 tmp_cog = _temp_beside(output_path, ".tif")
                 temps.append(tmp_cog)
                 _to_cog(tmp_out, tmp_cog)
+                _read_back(tmp_cog)
                 tmp_out = tmp_cog
             os.replace(tmp_out, output_path)
             if options.probabilities:
@@ -395,37 +400,37 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
 def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, options: SegmentOptions,
                 crf, dst, prob_dst, fit_index: dict, fit_cache: FeatureCache | None,
                 device: torch.device, progress: Progress | None) -> None:
+    """Windows in row-major order, in batches that run on across window rows (a batch never waits
+    for a row to fill up); a window row's finished raster rows are written once its last tile is in."""
     blender = _Blender(plan, model.config.n_clusters)
-    total, done = len(plan), 0
-    rows = plan.row_offsets
-    tiles_by_row: dict[int, list[Tile]] = {}
-    for tile in plan.tiles():
-        tiles_by_row.setdefault(tile.row, []).append(tile)
-    for r in range(len(rows)):
-        row_tiles = tiles_by_row[r]
-        for start in range(0, len(row_tiles), options.batch_size):
-            batch = row_tiles[start:start + options.batch_size]
-            reads = [source.read(t) for t in batch]
-            keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-            if keep:
-                rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
-                codes = _codes(model, rgb, [batch[i] for i in keep], fit_index, fit_cache, options.flip)
-                log_probs = model.log_probs_from_code(codes, rgb.shape[-2:])
-                probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
-                for j, i in enumerate(keep):
-                    tile = batch[i]
-                    mh, mw = source.model_shape(tile)
-                    p = probs[j:j + 1, :, :mh, :mw]
-                    if (mh, mw) != (tile.height, tile.width):
-                        p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear",
-                                          align_corners=False)
-                    blender.add(tile, p[0].float().cpu().numpy())
-            done += len(batch)
-            if progress:
-                progress("segment", done, total)
-        top = blender.top
-        probs, covered = blender.pop(plan.rows_final_after(r))
-        _write_rows(source.reader, dst, prob_dst, probs, covered, top, options.probabilities_dtype)
+    tiles = list(plan.tiles())
+    n_cols = len(plan.col_offsets)
+    done_rows = 0
+    for start in range(0, len(tiles), options.batch_size):
+        batch = tiles[start:start + options.batch_size]
+        reads = [source.read(t) for t in batch]
+        keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+        if keep:
+            rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
+            codes = _codes(model, rgb, [batch[i] for i in keep], fit_index, fit_cache, options.flip)
+            log_probs = model.log_probs_from_code(codes, rgb.shape[-2:])
+            probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
+            for j, i in enumerate(keep):
+                tile = batch[i]
+                mh, mw = source.model_shape(tile)
+                p = probs[j:j + 1, :, :mh, :mw]
+                if (mh, mw) != (tile.height, tile.width):
+                    p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear", align_corners=False)
+                blender.add(tile, p[0].float().cpu().numpy())
+        if progress:
+            progress("segment", start + len(batch), len(tiles))
+        last = batch[-1]
+        finished_rows = last.row + 1 if last.col == n_cols - 1 else last.row
+        for r in range(done_rows, finished_rows):
+            top = blender.top
+            probs_rows, covered = blender.pop(plan.rows_final_after(r))
+            _write_rows(source.reader, dst, prob_dst, probs_rows, covered, top, options.probabilities_dtype)
+        done_rows = finished_rows
 
 
 def _codes(model: SegUnifyModel, rgb: torch.Tensor, tiles: list[Tile], fit_index: dict,
@@ -457,6 +462,14 @@ def _write_rows(reader: RasterReader, dst, prob_dst, probs: np.ndarray, covered:
             data = probs.astype(np.float32)
         data[:, ~valid] = 0
         prob_dst.write(data, window=window)
+
+
+def _read_back(path: Path) -> None:
+    """Read every block of a closed output. GDAL flushes cached blocks at close and reports a failed
+    flush (full disk, quota) only on stderr, so a truncated file would otherwise pass as finished."""
+    with rasterio.open(path) as ds:
+        for _, window in ds.block_windows(1):
+            ds.read(window=window)
 
 
 def _to_cog(src: Path, dst: Path) -> None:

@@ -131,3 +131,48 @@ def test_dinov2_official_layout(tmp_path):
     loaded = create_backbone("dinov2_vits14", path)
     x = torch.rand(1, 3, 56, 56) * 255
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dino_vits8", "dino_vitb8"])
+def test_bf16_features_within_cosine_0995_of_fp32(name):
+    """`--precision auto` picks bfloat16 on CPUs that run it natively; random-weight DINO ViTs keep
+    every patch feature within cosine 0.995 of float32 (as the pipeline runs: fused graph, batch of
+    windows and mirrors)."""
+    torch.manual_seed(1)
+    backbone = create_backbone(name, pretrained=False)
+    x = torch.rand(2, 3, 224, 224) * 255
+    x = torch.cat([x, x.flip(-1)])
+    backbone.fuse, backbone.precision = False, "fp32"
+    reference = backbone(x)
+    backbone.fuse, backbone.precision = True, "bf16"
+    half = backbone(x)
+    assert backbone._graphs[("bf16", 224, 224)] is not None, "the fused graph was built"
+    cosine = torch.nn.functional.cosine_similarity(half, reference, dim=1)
+    print(f"{name}: bf16 vs fp32 cosine min {cosine.min():.5f} mean {cosine.mean():.5f}")
+    assert cosine.min() >= 0.995
+
+
+def test_fused_graph_matches_eager_and_pads_smaller_batches(reference):
+    """The fused graph gives eager's features in float32, also for a smaller batch after a larger
+    one (padded to the larger batch's shape, the padding cut off again)."""
+    model, x, _ = reference
+    model.fuse, model.precision = False, "fp32"
+    eager = model(x)
+    model.fuse = True
+    model._graphs.clear()
+    big = torch.cat([x, x.flip(-1), x])
+    fused_big = model(big)
+    graph = model._graphs[("fp32", 64, 96)]
+    assert graph is not None and graph.batch == 6
+    fused_small = model(x)
+    assert fused_small.shape == eager.shape
+    torch.testing.assert_close(fused_small, eager, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(fused_big[:2], eager, atol=2e-4, rtol=1e-4)
+
+
+def test_eager_switch(monkeypatch):
+    monkeypatch.setenv("SEGUNIFY_EAGER", "1")
+    model = create_backbone("vit_tiny_patch16_224", pretrained=False)
+    model.precision = "bf16"
+    model(torch.rand(1, 3, 32, 32) * 255)
+    assert not model.fuse and not model._graphs

@@ -65,3 +65,33 @@ def test_make_crf():
     assert isinstance(auto, PyDenseCRF if pydensecrf_available() else TorchDenseCRF)
     with pytest.raises(SegUnifyError):
         make_crf("fancy")
+
+
+@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (the crf extra) is not installed")
+def test_pydensecrf_parallel_workers_give_the_serial_result():
+    images, log_probs = [], []
+    for seed in range(4):
+        image, lp, _ = noisy_two_region(seed=seed, size=64)
+        images.append(image)
+        log_probs.append(lp)
+    images, log_probs = torch.cat(images), torch.cat(log_probs)
+    parallel = PyDenseCRF(workers=2)
+    try:
+        out = parallel(images, log_probs)
+        assert parallel._pool is not None, "the windows went to worker processes"
+    finally:
+        parallel.close()
+    torch.testing.assert_close(out, PyDenseCRF(workers=1)(images, log_probs), atol=0, rtol=0)
+
+
+def test_torch_crf_large_window_bounds_its_weights(monkeypatch):
+    """On big windows the sample grid thins out so the weight matrix stays within its budget."""
+    import segunify_core.crf as crf_module
+
+    monkeypatch.setattr(crf_module, "MAX_BILATERAL_WEIGHTS", 64 * 64 * 16)
+    image, log_probs, truth = noisy_two_region(size=128)
+    crf = TorchDenseCRF()
+    weights, samples = crf._bilateral_weights(image[0])
+    assert weights.numel() <= 64 * 64 * 16 and len(samples) >= 1
+    out = crf(image, log_probs)
+    assert (out.argmax(1)[0] == truth).float().mean() > 0.9

@@ -49,3 +49,19 @@ def test_dropout_only_in_training():
     torch.manual_seed(0)
     dropped = c.perturb(x)
     assert (dropped == 0).any() and ((dropped == 0) | (dropped == 2)).all()
+
+
+def test_fast_log_probs_equal_the_teacher_logits():
+    """The channels-last inference path gives log_softmax(2 x teacher cosine logits) of the
+    bilinearly upsampled code."""
+    from segunify_core.model import LOGIT_SCALE, ModelConfig, SegUnifyModel
+
+    torch.manual_seed(0)
+    model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=1, code_dim=16, feature_width=32)).eval()
+    model.labeler.global_prototypes.copy_(torch.randn(5, 16))
+    code = torch.randn(2, 16, 5, 7)
+    fast = model.log_probs_from_code(code, (40, 56))
+    up = torch.nn.functional.interpolate(code, size=(40, 56), mode="bilinear", align_corners=False)
+    expected = torch.log_softmax(model.labeler.teacher_logits(up) * LOGIT_SCALE, dim=1)
+    assert fast.shape == (2, 5, 40, 56) and fast.is_contiguous()
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)
