@@ -14,7 +14,8 @@ machines do not compare across runs). Prints one JSON object per line.
    both backends; pydensecrf runs the windows of a batch in parallel worker processes.
 4. scaling: time and peak RSS of tile-segment on 2k, 4k, 8k rasters, each in its own process
    (DINO ViT-S/16, a quarter of ViT-S/8's work per window, so that the 8k raster takes about a
-   minute and a half; see --scaling-backbone).
+   minute and a half; see --scaling-backbone). Each process first segments a 640 px raster: that
+   one-off start (graph build) is reported as warmup_s, not counted in the growth with pixels.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 """
 
