@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backbone import cpu_has_native_bf16
 from .densecrf_window import CRFParams, refine_window, worker_init
 from .errors import SegUnifyError
 
 CRF_CHOICES = ("auto", "pydensecrf", "torch", "none")
-MAX_BILATERAL_WEIGHTS = 1 << 26  # 128 MB of half floats per window
+MAX_BILATERAL_WEIGHTS = 1 << 26  # per window: 128 MB in half floats, 256 MB in float32
 
 
 def pydensecrf_available() -> bool:
@@ -136,7 +137,7 @@ class TorchDenseCRF:
         half_sq = 0.5 * (feats * feats).sum(0, keepdim=True)
         pixels = torch.cat([feats, -half_sq, torch.ones_like(half_sq)])  # (7, P)
         chosen = torch.cat([feats[:, samples], torch.ones_like(half_sq[:, samples]), -half_sq[:, samples]]).T
-        dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
+        dtype = _weight_dtype(dev)
         weights = torch.empty(len(samples), h * w, device=dev, dtype=dtype)
         rows = max(1, (1 << 22) // (h * w))  # blocks of ~4M entries stay in cache between the steps
         for r0 in range(0, len(samples), rows):
@@ -168,6 +169,15 @@ class TorchDenseCRF:
 
     def __call__(self, images: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.refine_one(images[i], log_probs[i]) for i in range(log_probs.shape[0])])
+
+
+def _weight_dtype(device: torch.device) -> torch.dtype:
+    """Half-size kernel weights where half-precision products are native (half the memory traffic
+    per mean-field step); float32 on CPUs without bfloat16, where bfloat16 products are emulated
+    and 30x slower."""
+    if device.type != "cpu":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def make_crf(name: str = "auto", params: CRFParams = CRFParams()) -> PyDenseCRF | TorchDenseCRF | None:

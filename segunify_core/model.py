@@ -68,7 +68,7 @@ class SegUnifyModel(nn.Module):
             raise RuntimeError("model has no backbone attached")
         if not flip:
             return self.compressor(self.backbone(rgb))
-        # One backbone call on windows and mirrors: larger batches run closer to the matmul rate.
+        # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
         feats, mirrored = self.backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
         return (self.compressor(feats) + self.compressor(mirrored).flip(-1)) / 2.0
 

@@ -151,14 +151,17 @@ def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> d
 
 
 class _Blender:
-    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at `top`; the band
-    grows to the lowest tile added and shrinks as finished rows are popped."""
+    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at `top`. The band's
+    buffers are allocated once (grown only when a batch reaches further down than before) and the
+    rows still in use are moved to the front when finished rows are popped, so a wide raster does
+    not reallocate (and page-fault in) band-sized arrays for every window row."""
 
     def __init__(self, plan: WindowPlan, n_clusters: int):
         self.plan = plan
         self.acc = np.zeros((n_clusters, 0, plan.width), np.float32)
         self.weight = np.zeros((0, plan.width), np.float32)
         self.top = 0
+        self.rows = 0  # rows of the band in use, from `top`
 
     def add(self, tile: Tile, probs: np.ndarray) -> None:
         w = self.plan.weights(tile)
@@ -167,6 +170,7 @@ class _Blender:
         if grow > 0:
             self.acc = np.concatenate([self.acc, np.zeros((self.acc.shape[0], grow, self.plan.width), np.float32)], 1)
             self.weight = np.concatenate([self.weight, np.zeros((grow, self.plan.width), np.float32)])
+        self.rows = max(self.rows, r0 + tile.height)
         sl = (slice(r0, r0 + tile.height), slice(tile.col_off, tile.col_off + tile.width))
         self.acc[(slice(None), *sl)] += probs * w
         self.weight[sl] += w
@@ -177,9 +181,14 @@ class _Blender:
         weight = self.weight[:n]
         probs = self.acc[:, :n] / np.maximum(weight, 1e-12)
         covered = weight > 0
-        self.acc = self.acc[:, n:].copy()
-        self.weight = self.weight[n:].copy()
-        self.top = new_top
+        rest = max(0, self.rows - n)
+        for r in range(0, rest, n):  # blocks of n rows: source and target never overlap
+            k = min(n, rest - r)
+            self.acc[:, r:r + k] = self.acc[:, r + n:r + n + k]
+            self.weight[r:r + k] = self.weight[r + n:r + n + k]
+        self.acc[:, rest:self.rows] = 0
+        self.weight[rest:self.rows] = 0
+        self.rows, self.top = rest, new_top
         return probs, covered
 
 

@@ -136,8 +136,8 @@ def test_dinov2_official_layout(tmp_path):
 @pytest.mark.parametrize("name", ["dino_vits8", "dino_vitb8"])
 def test_bf16_features_within_cosine_0995_of_fp32(name):
     """`--precision auto` picks bfloat16 on CPUs that run it natively; random-weight DINO ViTs keep
-    every patch feature within cosine 0.995 of float32 (as the pipeline runs: fused graph, batch of
-    windows and mirrors)."""
+    every patch feature within cosine 0.995 of float32 (as the pipeline runs bfloat16: fused graph,
+    batch of windows and mirrors)."""
     torch.manual_seed(1)
     backbone = create_backbone(name, pretrained=False)
     x = torch.rand(2, 3, 224, 224) * 255
@@ -165,9 +165,29 @@ def test_fused_graph_matches_eager_and_pads_smaller_batches(reference):
     graph = model._graphs[("fp32", 64, 96)]
     assert graph is not None and graph.batch == 6
     fused_small = model(x)
+    model.fuse = "auto"
     assert fused_small.shape == eager.shape
     torch.testing.assert_close(fused_small, eager, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(fused_big[:2], eager, atol=2e-4, rtol=1e-4)
+
+
+def test_auto_fuses_bf16_and_runs_fp32_one_window_at_a_time(reference):
+    """By default float32 runs eagerly, window by window, with the batched forward's features;
+    bfloat16 runs as a fused graph."""
+    model, x, feats = reference
+    model.fuse, model.precision = "auto", "fp32"
+    model._graphs.clear()
+    out = model(x)
+    assert not model._graphs, "no fused graph in float32"
+    batched = model.model.forward_features(model.normalize(x))[:, model.num_prefix_tokens:]
+    torch.testing.assert_close(out.flatten(2).transpose(1, 2), batched, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, feats)
+    model.precision = "bf16"
+    try:
+        model(x)
+        assert model._graphs[("bf16", 64, 96)] is not None
+    finally:
+        model.precision = "fp32"
 
 
 def test_eager_switch(monkeypatch):
