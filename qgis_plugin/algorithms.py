@@ -34,9 +34,10 @@ from . import runner
 
 CRF_CHOICES = ["none", "auto", "pydensecrf", "torch"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-SPEED_NOTE = ("Speed: on a 2-core CPU the default backbone (DINO ViT-S/8) takes about 10 s per megapixel with "
-              "flip averaging (about 3 minutes for a 4000 x 4000 px orthophoto); a CUDA GPU is tens of times "
-              "faster. The CRF adds about 0.3 s per 320 px window.")
+SPEED_NOTE = ("Speed: on a 2-core CPU the default backbone (DINO ViT-S/8) with flip averaging takes about 7 s per "
+              "megapixel where the CPU computes bfloat16 natively (AVX-512 BF16, AMX) and about 40 s per megapixel "
+              "in float32 on other CPUs (2 to 11 minutes for a 4000 x 4000 px orthophoto); a CUDA GPU is tens of "
+              "times faster. The CRF adds 0.1-0.4 s per 320 px window.")
 BACKBONE_HELP = ("Advanced: Backbone is dino_vits8 (default), dino_vits16, dino_vitb8, dino_vitb16, dinov2_vits14, "
                  "dinov2_vitb14 or any timm ViT name. Backbone weights file: a local checkpoint (official DINO "
                  ".pth or timm .safetensors/.pth) for machines without internet; empty downloads the weights once.")

@@ -41,6 +41,7 @@ log = logging.getLogger("segunify")
 # keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
 GDAL_CACHE_MB = 128
 GSD_TOLERANCE = 0.05  # relative GSD difference below which the input is used at native resolution
+WRITE_STRIP_VALUES = 1 << 22
 MAX_RESAMPLING = 8.0  # beyond this GSD ratio the model is out of its depth anyway: stay native
 
 Progress = Callable[[str, int, int], None]
@@ -151,44 +152,59 @@ def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> d
 
 
 class _Blender:
-    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at `top`. The band's
-    buffers are allocated once (grown only when a batch reaches further down than before) and the
-    rows still in use are moved to the front when finished rows are popped, so a wide raster does
-    not reallocate (and page-fault in) band-sized arrays for every window row."""
+    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at raster row `top`.
+
+    The band lives in buffers allocated once (grown only when a batch reaches further down than
+    ever before): rows [offset, offset + rows) of the buffers hold raster rows [top, top + rows),
+    every other buffer row is zero. Popping finished rows only advances `offset`; the rows in use
+    move back to the front when a new tile would not fit. Nothing band-sized is allocated (and
+    page-faulted in) per window row, whatever the raster's width.
+    """
 
     def __init__(self, plan: WindowPlan, n_clusters: int):
         self.plan = plan
         self.acc = np.zeros((n_clusters, 0, plan.width), np.float32)
         self.weight = np.zeros((0, plan.width), np.float32)
-        self.top = 0
-        self.rows = 0  # rows of the band in use, from `top`
+        self.top = self.offset = self.rows = 0
 
     def add(self, tile: Tile, probs: np.ndarray) -> None:
         w = self.plan.weights(tile)
-        r0 = tile.row_off - self.top
-        grow = r0 + tile.height - self.weight.shape[0]
+        end = tile.row_off - self.top + tile.height  # rows of the band this tile needs, from top
+        if self.offset and self.offset + end > self.weight.shape[0]:
+            self._to_front()
+        grow = end - self.weight.shape[0]
         if grow > 0:
             self.acc = np.concatenate([self.acc, np.zeros((self.acc.shape[0], grow, self.plan.width), np.float32)], 1)
             self.weight = np.concatenate([self.weight, np.zeros((grow, self.plan.width), np.float32)])
-        self.rows = max(self.rows, r0 + tile.height)
+        self.rows = max(self.rows, end)
+        r0 = self.offset + tile.row_off - self.top
         sl = (slice(r0, r0 + tile.height), slice(tile.col_off, tile.col_off + tile.width))
         self.acc[(slice(None), *sl)] += probs * w
         self.weight[sl] += w
 
+    def _to_front(self) -> None:
+        """Move the rows in use to the front of the buffers (in blocks of `offset` rows, so that
+        source and target never overlap) and zero what they leave behind."""
+        o, n = self.offset, self.rows
+        for r in range(0, n, o):
+            k = min(o, n - r)
+            self.acc[:, r:r + k] = self.acc[:, o + r:o + r + k]
+            self.weight[r:r + k] = self.weight[o + r:o + r + k]
+        self.acc[:, n:o + n] = 0
+        self.weight[n:o + n] = 0
+        self.offset = 0
+
     def pop(self, new_top: int) -> tuple[np.ndarray, np.ndarray]:
         """Return blended rows [top, new_top) (probabilities, covered) and drop them from the band."""
         n = new_top - self.top
-        weight = self.weight[:n]
-        probs = self.acc[:, :n] / np.maximum(weight, 1e-12)
+        rows = slice(self.offset, self.offset + n)
+        weight = self.weight[rows]
+        probs = self.acc[:, rows] / np.maximum(weight, 1e-12)
         covered = weight > 0
-        rest = max(0, self.rows - n)
-        for r in range(0, rest, n):  # blocks of n rows: source and target never overlap
-            k = min(n, rest - r)
-            self.acc[:, r:r + k] = self.acc[:, r + n:r + n + k]
-            self.weight[r:r + k] = self.weight[r + n:r + n + k]
-        self.acc[:, rest:self.rows] = 0
-        self.weight[rest:self.rows] = 0
-        self.rows, self.top = rest, new_top
+        self.acc[:, rows] = 0
+        self.weight[rows] = 0
+        self.offset, self.rows = (self.offset + n, self.rows - n) if n < self.rows else (0, 0)
+        self.top = new_top
         return probs, covered
 
 
@@ -412,6 +428,8 @@ def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, opti
     """Windows in row-major order, in batches that run on across window rows (a batch never waits
     for a row to fill up); a window row's finished raster rows are written once its last tile is in."""
     blender = _Blender(plan, model.config.n_clusters)
+    # rows written at a time: about 4M probabilities, which glibc serves from its reusable heap
+    strip = max(1, WRITE_STRIP_VALUES // (model.config.n_clusters * plan.width))
     tiles = list(plan.tiles())
     n_cols = len(plan.col_offsets)
     done_rows = 0
@@ -436,9 +454,11 @@ def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, opti
         last = batch[-1]
         finished_rows = last.row + 1 if last.col == n_cols - 1 else last.row
         for r in range(done_rows, finished_rows):
-            top = blender.top
-            probs_rows, covered = blender.pop(plan.rows_final_after(r))
-            _write_rows(source.reader, dst, prob_dst, probs_rows, covered, top, options.probabilities_dtype)
+            final = plan.rows_final_after(r)
+            while blender.top < final:  # in strips: no array per write grows with the raster's width
+                top = blender.top
+                probs_rows, covered = blender.pop(min(final, top + strip))
+                _write_rows(source.reader, dst, prob_dst, probs_rows, covered, top, options.probabilities_dtype)
         done_rows = finished_rows
 
 
