@@ -8,8 +8,8 @@ machines do not compare across runs). Prints one JSON object per line.
    PyTorch one window at a time), divided by the FLOP/s of a 4096 x 4096 matrix product in the
    same precision. The two are timed in turn, in stretches of equal FLOPs, for several rounds;
    the figure is the median over rounds of the backbone's rate against the product's rate right
-   after it (a shared VM's speed drifts by 20 % over minutes; adjacent pairs cancel the drift). Model FLOPs are
-   counted analytically: per block 2 * (12 N C^2 + 2 N^2 C) (qkv, projection, 4x MLP, QK^T and
+   after it (a shared VM's speed drifts by 20 % over minutes; adjacent pairs cancel the drift).
+   Model FLOPs are counted analytically: per block 2 * (12 N C^2 + 2 N^2 C) (qkv, projection, 4x MLP, QK^T and
    AV with N tokens of width C), plus the patch embedding 2 N C 3 p^2; norms, softmax and GELU
    are not counted. ViT-S/8: 2 windows and their mirrors per call, 5 rounds; ViT-B/8: 1 window
    and its mirror, 3 rounds.

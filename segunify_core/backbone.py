@@ -10,6 +10,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -131,17 +132,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-_MALLOC_TUNED = False
-
-
+@functools.cache
 def reuse_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the
     system: otherwise every layer's activations are page-faulted in afresh (ViT-S/8, one 320 px
     window on CPU: 56,000 page faults and about a fifth of the time). Once per process; Linux."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return
-    _MALLOC_TUNED = True
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below it come from the reusable heap
@@ -350,6 +347,7 @@ def weights_cached(name: str) -> bool:
         return False
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX-512 BF16 or AMX, where bfloat16 matrix products run natively."""
     try:
