@@ -23,7 +23,8 @@ from common import REPO, random_checkpoint, report
 from segunify_core.backbone import choose_precision, create_backbone
 from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
 from segunify_core.raster_io import RasterReader
-from segunify_core.segment import SelfFitOptions, TileSource, self_fit
+from segunify_core.selffit import SelfFitOptions, self_fit
+from segunify_core.windows import TileSource
 from segunify_core.tiling import WindowPlan
 
 RASTERS = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/world.rgb.tif", "rasterio/shade.tif",

@@ -146,7 +146,8 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     first call and reported as warmup_s. The two are then timed in turn, best of `repeat` each.
     """
     from segunify_core.model import load_model
-    from segunify_core.segment import SegmentOptions, grid_phase, segment_raster
+    from segunify_core.segment import SegmentOptions, segment_raster
+    from segunify_core.windows import grid_phase
     from segunify_core.tiling import WindowPlan
     from segunify_core.training import TrainConfig, train
 

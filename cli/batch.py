@@ -9,12 +9,15 @@ import click
 
 from segunify_core.crf import make_crf
 from segunify_core.errors import SegUnifyError
-from segunify_core.raster_io import IMAGE_SUFFIXES, parse_bands
-from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.planning import DEFAULT_BLOCK
+from segunify_core.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
+from segunify_core.segment import SegmentOptions, segment
 
 from .common import prepare
 from .options import (
     bands_option,
+    dask_client,
+    engine_options,
     guarded,
     progress_for,
     run_options,
@@ -32,13 +35,18 @@ from .options import (
 @click.option("--native-resolution", is_flag=True)
 @click.option("--cog", is_flag=True)
 @click.option("--overwrite", is_flag=True, help="Redo files whose output exists (default: skip them).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Keep the finished parts of an interrupted run and compute only the missing ones.")
+@click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
+@engine_options
 @bands_option
 @run_options
 @click.pass_context
 @guarded
 def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, native_resolution, cog, overwrite,
-            bands, crf, flip, backbone_weights, device, precision, quiet):
-    """Segment every raster of a folder; finished outputs are skipped, failures reported at the end."""
+            resume, block, cluster, scheduler, scheduler_file, bands, crf, flip, backbone_weights, device, precision,
+            quiet):
+    """Segment every raster of a folder as one job; finished outputs are skipped, failures reported at the end."""
     setup_logging(quiet)
     inputs = sorted(p for p in Path(input_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
         if Path(input_dir).is_dir() else None
@@ -48,29 +56,43 @@ def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, 
         raise SegUnifyError(f"No rasters in '{input_dir}'; it must hold GeoTIFF/PNG/JPEG files.")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet)
-    refiner = make_crf(crf)
-    rows = []
+    rows: list[tuple[str, str, str, float]] = []
+    todo: list[tuple[Path, Path]] = []
     for path in inputs:
         out = Path(output_dir) / (path.stem + "_classes.tif")
         if out.exists() and not overwrite:
             rows.append((path.name, "skipped", "output exists", 0.0))
             click.echo(f"{path.name}: skipped (output exists)", err=True)
             continue
+        try:  # unreadable files are reported, not planned
+            open_raster(path).close()
+        except SegUnifyError as exc:
+            rows.append((path.name, "failed", str(exc), 0.0))
+            continue
+        todo.append((path, out))
+    if todo:
         start = time.perf_counter()
         options = SegmentOptions(window=window, stride=stride, batch_size=batch_size, flip=flip,
                                  native_resolution=native_resolution, bands=parse_bands(bands), cog=cog,
-                                 overwrite=overwrite, device=dev.type)
+                                 overwrite=overwrite, device=dev.type, block=block, resume=resume)
         progress = progress_for(ctx, quiet)
         try:
-            report = segment_raster(path, out, model, options, crf=refiner, progress=progress)
-            detail = f"{report.width} x {report.height} px -> {out.name}"
-            rows.append((path.name, "ok", detail, time.perf_counter() - start))
-        except SegUnifyError as exc:
-            rows.append((path.name, "failed", str(exc), time.perf_counter() - start))
+            with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+                report = segment([p for p, _ in todo], [o for _, o in todo], model, options, crf=make_crf(crf),
+                                 backbone_weights=backbone_weights, client=client, model_file=model_path,
+                                 job_folder=Path(output_dir) / ".segunify-parts", keep_going=True, progress=progress)
         finally:
             progress.close()
-        name, status, detail, secs = rows[-1]
-        click.echo(f"{name}: {status} ({secs:.1f} s) {detail}", err=True)
+        seconds = time.perf_counter() - start
+        for result in report.rasters:
+            name = Path(result.input).name
+            if result.error:
+                rows.append((name, "failed", result.error, seconds))
+            else:
+                rows.append((name, "ok", f"{result.width} x {result.height} px -> {Path(result.output).name}", seconds))
+        if not quiet:
+            click.echo(f"parts: {len(report.computed)} computed, {report.reused} reused, {report.parts} in all; "
+                       f"{seconds:.1f} s", err=True)
     width = max(len(r[0]) for r in rows)
     click.echo(f"{'file':<{width}}  {'status':<7} {'seconds':>8}  detail")
     for name, status, detail, secs in rows:

@@ -6,8 +6,8 @@ import click
 import torch
 
 from segunify_core.backbone import Backbone, choose_precision, create_backbone
+from segunify_core.device import resolve_device
 from segunify_core.model import SegUnifyModel, load_model
-from segunify_core.segment import resolve_device
 
 
 def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,

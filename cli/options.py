@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -37,6 +38,37 @@ bands_option = click.option("--bands", default=None,
                             help="Bands to use, e.g. 1,2,3 or 1 (repeated as grey). Default: the first "
                                  "three, or the single band.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+
+
+def engine_options(func: Callable) -> Callable:
+    """Where the work runs: this process (default), a local Dask cluster or a running scheduler."""
+    options = (
+        click.option("--cluster", default=None, metavar="local[:N]",
+                     help="Run on a Dask LocalCluster of N worker processes (pip install \"segunify[distributed]\")."),
+        click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                     help="Run on the Dask cluster of this scheduler (workers must see the same files)."),
+        click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+                     help="Run on the Dask cluster whose scheduler wrote this file (SLURM, dask-jobqueue)."),
+    )
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@contextlib.contextmanager
+def dask_client(cluster: str | None, scheduler: str | None, scheduler_file: str | None, quiet: bool):
+    """The Dask client of the engine options (None: in-process), closed at the end."""
+    from segunify_core.engines import close_client, connect
+
+    client = connect(cluster, scheduler, scheduler_file)
+    if client is not None and not quiet:
+        workers = len(client.scheduler_info().get("workers", {}))
+        click.echo(f"engine: Dask at {client.scheduler.address}, {workers} worker(s)", err=True)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            close_client(client)
 
 
 def run_options(func: Callable) -> Callable:

@@ -6,6 +6,7 @@ import click
 
 from segunify_core.crf import make_crf
 from segunify_core.model import save_model
+from segunify_core.planning import DEFAULT_BLOCK
 from segunify_core.raster_io import parse_bands
 from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
 
@@ -15,7 +16,9 @@ from .options import (
     backbone_weights_option,
     bands_option,
     crf_option,
+    dask_client,
     device_option,
+    engine_options,
     flip_option,
     guarded,
     precision_option,
@@ -49,6 +52,10 @@ F = SelfFitOptions(classes=0)
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).")
 @click.option("--preview", type=click.Path(dir_okay=False), default=None, help="Write a PNG of image, classes and overlay.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--resume", is_flag=True,
+              help="Keep the finished parts of an interrupted run (beside OUTPUT) and compute only the missing ones.")
+@click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
+@engine_options
 @bands_option
 @crf_option
 @flip_option
@@ -61,8 +68,8 @@ F = SelfFitOptions(classes=0)
 @guarded
 def command(ctx, input_path, output_path, model_path, classes, extra_clusters, fit_steps, fit_windows,
             shift_intra, shift_inter, seed, save_model_path, window, stride, batch_size, native_resolution,
-            probabilities, probabilities_dtype, cog, preview, overwrite, bands, crf, flip, backbone,
-            backbone_weights, device, precision, quiet):
+            probabilities, probabilities_dtype, cog, preview, overwrite, resume, block, cluster, scheduler,
+            scheduler_file, bands, crf, flip, backbone, backbone_weights, device, precision, quiet):
     """Segment a raster of any size into a class raster on exactly the input's grid.
 
     With --model the labels come from the model's global prototypes; with --classes K (no model)
@@ -81,19 +88,22 @@ def command(ctx, input_path, output_path, model_path, classes, extra_clusters, f
     options = SegmentOptions(window=window, stride=stride, batch_size=batch_size, flip=flip,
                              native_resolution=native_resolution, bands=parse_bands(bands),
                              probabilities=probabilities, probabilities_dtype=probabilities_dtype, cog=cog,
-                             overwrite=overwrite, preview=preview, device=dev.type)
+                             overwrite=overwrite, preview=preview, device=dev.type, block=block, resume=resume)
     refiner = make_crf(crf)
     if refiner is not None and not quiet:
         click.echo(f"CRF: {refiner.name}", err=True)
     progress = progress_for(ctx, quiet)
     try:
-        report = segment_raster(input_path, output_path, model, options, crf=refiner, fit=fit, backbone=bb,
-                                progress=progress)
+        with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+            report = segment_raster(input_path, output_path, model, options, crf=refiner, fit=fit, backbone=bb,
+                                    progress=progress, client=client, backbone_weights=backbone_weights,
+                                    model_file=model_path)
     finally:
         progress.close()
     if save_model_path:
         save_model(report.model, save_model_path)
     if not quiet:
         note = f", resampled x{1 / report.scale:.3g} to the model's GSD" if report.scale != 1.0 else ""
+        reused = f", {report.reused} reused from the interrupted run" if report.reused else ""
         click.echo(f"wrote {report.output}: {report.width} x {report.height} px, {report.classes} classes, "
-                   f"{report.windows} windows{note}", err=True)
+                   f"{report.windows} windows{note}; parts: {report.computed} computed{reused}", err=True)

@@ -36,7 +36,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # The registry's default torch wheel pairs with torchvision (timm imports it); it runs on CPU too.
   "$VENV/bin/python" -m pip install -q torch timm
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,distributed]"
   # pydensecrf2 builds only with Cython 0.29.x; without build isolation it uses the one pinned here.
   "$VENV/bin/python" -m pip install -q "cython==0.29.36"
   "$VENV/bin/python" -m pip install -q --no-build-isolation "pydensecrf2>=1.1" \

@@ -180,12 +180,14 @@ def _weight_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-def make_crf(name: str = "auto", params: CRFParams = CRFParams()) -> PyDenseCRF | TorchDenseCRF | None:
-    """``auto`` prefers pydensecrf when installed, else the torch backend; ``none`` gives None."""
+def make_crf(name: str = "auto", params: CRFParams = CRFParams(),
+             workers: int | None = None) -> PyDenseCRF | TorchDenseCRF | None:
+    """``auto`` prefers pydensecrf when installed, else the torch backend; ``none`` gives None.
+    workers: pydensecrf's worker processes (default one per core; 1 runs in this process)."""
     if name == "none":
         return None
     if name == "pydensecrf" or (name == "auto" and pydensecrf_available()):
-        return PyDenseCRF(params)
+        return PyDenseCRF(params, workers)
     if name in ("torch", "auto"):
         return TorchDenseCRF(params)
     raise SegUnifyError(f"Unknown CRF backend '{name}'; use one of {', '.join(CRF_CHOICES)}.")

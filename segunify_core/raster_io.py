@@ -88,6 +88,16 @@ def choose_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> 
     return bands * 3 if len(bands) == 1 else bands  # type: ignore[return-value]
 
 
+@dataclasses.dataclass(frozen=True)
+class RasterStats:
+    """A raster's one global stretch and fill colour, per selected band (computed once, shipped
+    with every part of the raster so that all parts read it identically)."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    fill: tuple[float, ...]
+
+
 @dataclasses.dataclass
 class RasterReader:
     """Reads windows of one raster as uint8-range RGB plus a validity mask.
@@ -104,7 +114,9 @@ class RasterReader:
     fill: np.ndarray = dataclasses.field(default_factory=lambda: np.full(3, 127.5))  # band means
 
     @classmethod
-    def open(cls, path: str | Path, bands: Sequence[int] | None = None) -> RasterReader:
+    def open(cls, path: str | Path, bands: Sequence[int] | None = None,
+             stats: RasterStats | None = None) -> RasterReader:
+        """Open a raster; its stretch is computed here unless `stats` (from `stats()`) are given."""
         ds = open_raster(path)
         try:
             palette = None
@@ -117,7 +129,11 @@ class RasterReader:
             else:
                 chosen = choose_bands(ds, bands)
             reader = cls(ds, chosen, np.zeros(3), np.full(3, 255.0), palette)
-            reader._statistics()
+            if stats is None:
+                reader._statistics()
+            else:
+                reader.low, reader.high = np.array(stats.low, float), np.array(stats.high, float)
+                reader.fill = np.array(stats.fill, float)
             return reader
         except Exception:
             ds.close()
@@ -125,6 +141,9 @@ class RasterReader:
 
     def close(self) -> None:
         self.ds.close()
+
+    def stats(self) -> RasterStats:
+        return RasterStats(tuple(map(float, self.low)), tuple(map(float, self.high)), tuple(map(float, self.fill)))
 
     def __enter__(self) -> RasterReader:
         return self

@@ -1,50 +1,44 @@
-"""tile-segment: a raster of any size in, a class raster on exactly the input's grid out.
+"""Segmenting rasters of any size: plan the parts, run every part, assemble the outputs.
 
-One window flows: read (resampled to the model's GSD) -> fill invalid pixels -> backbone
-features -> code -> log-probabilities from the global prototypes -> optional CRF ->
-probabilities resized back to source pixels -> tapered blend into a row-band accumulator.
-Finished rows are written as soon as no later window touches them, so memory depends on the
-window size and the raster's width, not its height.
+This is the whole single-machine path and the whole distributed path: the engine that runs the
+parts is the only difference (this process, or a Dask cluster). One window flows: read
+(resampled to the model's GSD) -> fill invalid pixels -> backbone features -> code ->
+log-probabilities -> optional CRF -> probabilities on source pixels -> tapered blend -> part file
+-> assembled raster on exactly the input's grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
-import math
 import os
 import shutil
-import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import rasterio
 import torch
-import torch.nn.functional as F
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.windows import Window
 
+from .assembly import Manifest, assemble
 from .backbone import Backbone
-from .errors import SegUnifyError, write_failure
-from .features import FeatureCache, build_cache
-from .inference import class_colours, write_preview
-from .model import SegUnifyModel
-from .raster_io import RasterReader, ground_sampling_distance, open_raster
-from .tiling import Tile, WindowPlan
-from .training import TrainConfig, Trainer, new_model
+from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
+from .engines import as_client, run_parts
+from .errors import SegUnifyError
+from .model import SegUnifyModel, load_model, save_model
+from .parts import RunSpec, gdal_env
+from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
+from .raster_io import open_raster
+from .selffit import SelfFitOptions, self_fit
 
 log = logging.getLogger("segunify")
-# GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
-# keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
-GDAL_CACHE_MB = 128
-GSD_TOLERANCE = 0.05  # relative GSD difference below which the input is used at native resolution
-WRITE_STRIP_VALUES = 1 << 22
-MAX_RESAMPLING = 8.0  # beyond this GSD ratio the model is out of its depth anyway: stay native
+FIT_MODEL = "self-fit.safetensors"
+JOB_MODEL = "model.safetensors"
 
 Progress = Callable[[str, int, int], None]
+__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster",
+           "resolve_device"]
 
 
 @dataclasses.dataclass
@@ -61,24 +55,36 @@ class SegmentOptions:
     overwrite: bool = False
     preview: str | Path | None = None
     device: str = "cpu"
+    block: int = DEFAULT_BLOCK  # source px per part side
+    resume: bool = False  # keep finished parts of an interrupted run and reuse them
 
 
 @dataclasses.dataclass
-class SelfFitOptions:
-    """Fit a model on windows of the input itself (no model file given)."""
+class RasterResult:
+    input: str
+    output: str
+    width: int
+    height: int
+    windows: int
+    scale: float
+    error: str | None = None
 
+
+@dataclasses.dataclass
+class JobReport:
+    rasters: list[RasterResult]
+    parts: int
+    computed: list[str]  # part ids computed by this run, in the order they finished
+    reused: int  # parts taken from an interrupted run's manifest
     classes: int
-    extra_clusters: int = 0
-    steps: int = 300
-    batch_size: int = 16
-    max_windows: int = 64
-    feature_crop: int = 28  # patches; random crops of the cached window grids keep steps cheap
-    seed: int = 0
-    shift_intra: float = 0.1
-    shift_inter: float = 0.5
-    temperature: float = 0.1
-    alpha: float = 0.998
-    cache_dir: str | Path | None = None
+    device: str
+    precision: str
+    model: SegUnifyModel
+    manifest: dict[str, dict[str, str]]
+
+    @property
+    def failed(self) -> list[RasterResult]:
+        return [r for r in self.rasters if r.error]
 
 
 @dataclasses.dataclass
@@ -92,427 +98,215 @@ class SegmentReport:
     precision: str
     scale: float
     model: SegUnifyModel
+    parts: int = 1
+    computed: int = 1
+    reused: int = 0
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SegUnifyError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu "
-                            "or install a CUDA build of PyTorch.")
-    if name not in ("cpu", "cuda"):
-        raise SegUnifyError(f"Unknown device '{name}'; use auto, cpu or cuda.")
-    return torch.device(name)
+def default_job_folder(outputs: Sequence[str | Path]) -> Path:
+    """Hidden folder beside the output(s) for part files and the manifest."""
+    first = Path(outputs[0])
+    name = f".{first.name}.parts" if len(outputs) == 1 else ".segunify-parts"
+    return first.parent / name
 
 
-def _temp_beside(path: Path, suffix: str) -> Path:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{suffix}", dir=path.parent)
-    except OSError as exc:
-        raise SegUnifyError(f"Cannot write to the output folder '{path.parent}' ({exc.strerror}); choose a "
-                            "writable folder.") from None
-    os.close(fd)
-    return Path(tmp)
+def _check_outputs(inputs: Sequence[Path], outputs: Sequence[Path], overwrite: bool) -> None:
+    for src, dst in zip(inputs, outputs, strict=True):
+        if dst.exists() and not overwrite:
+            raise SegUnifyError(f"Output '{dst}' already exists; choose another output or allow replacing it "
+                                "(--overwrite).")
+        if not dst.parent.is_dir():
+            raise SegUnifyError(f"Output folder '{dst.parent}' does not exist; create it first.")
+        if not os.access(dst.parent, os.W_OK):
+            raise SegUnifyError(f"Output folder '{dst.parent}' is not writable; choose another output path.")
+        if src.resolve() == dst.resolve():
+            raise SegUnifyError("The output path equals the input path; inputs are never modified, choose "
+                                "another output.")
 
 
-def write_qml(path: Path, n_classes: int) -> None:
-    """A QGIS style (paletted renderer) for the class raster; QGIS 3.22 shows no attribute tables."""
-    colours = class_colours(n_classes)
-    entries = "\n".join(
-        f'          <paletteEntry value="{i + 1}" label="class {i + 1}" alpha="255" '
-        f'color="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>' for i, c in enumerate(colours))
-    path.write_text(f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22" styleCategories="AllStyleCategories">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-""")
+def _model_digest(model: SegUnifyModel) -> str:
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
+    for name, tensor in sorted(model.head_state().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
-def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> dict:
-    profile = {
-        "driver": "GTiff", "width": ds.width, "height": ds.height, "count": n_bands, "dtype": dtype,
-        "crs": ds.crs, "transform": ds.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
-        "compress": "deflate", "BIGTIFF": "IF_SAFER",
-    }
-    if ds.width < 512 or ds.height < 512:  # tiles must fit; small rasters are stored in strips
-        profile.update(tiled=False, blockxsize=None, blockysize=None)
-        profile = {k: v for k, v in profile.items() if v is not None}
-    if dtype == "uint8" and n_bands == 1:
-        profile["nodata"] = 0
-    if nbits:
-        profile["NBITS"] = nbits
-    return profile
+def _fingerprint(parts: Sequence[Part], options: SegmentOptions, what: dict[str, Any]) -> str:
+    """Names the job: the same parts, settings and model give the same fingerprint."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()
+                if k not in ("overwrite", "resume", "preview", "batch_size")}
+    files = sorted({(p.raster.input, *_stat(p.raster.input)) for p in parts})
+    payload = json.dumps({"parts": parts_to_json(parts), "settings": settings, "files": files, **what},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class _Blender:
-    """Accumulates sum(w * p) and sum(w) over a band of full-width rows starting at raster row `top`.
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
-    The band lives in buffers allocated once (grown only when a batch reaches further down than
-    ever before): rows [offset, offset + rows) of the buffers hold raster rows [top, top + rows),
-    every other buffer row is zero. Popping finished rows only advances `offset`; the rows in use
-    move back to the front when a new tile would not fit. Nothing band-sized is allocated (and
-    page-faulted in) per window row, whatever the raster's width.
+
+def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: SegUnifyModel | None,
+            options: SegmentOptions, crf: Any = None, fit: SelfFitOptions | None = None,
+            backbone: Backbone | None = None, backbone_weights: str | Path | None = None,
+            client: Any = None, model_file: str | Path | None = None, job_folder: str | Path | None = None,
+            keep_going: bool = False, progress: Progress | None = None) -> JobReport:
+    """Segment rasters into class rasters (uint8, 1..K, 0 = nodata) on each input's exact grid.
+
+    Plan -> run every part (in this process, or on a Dask cluster when `client` is a
+    `distributed.Client` or a scheduler address) -> assemble. Without a model, `fit` and
+    `backbone` are required and a model is first fitted on windows of all inputs, here.
+    Cluster workers load the model from `model_file` (or from a copy written to the job folder),
+    with `backbone_weights` when given, so they must see the same file system as this process.
+    keep_going: a raster that fails is reported in the result instead of stopping the job.
     """
-
-    def __init__(self, plan: WindowPlan, n_clusters: int):
-        self.plan = plan
-        self.acc = np.zeros((n_clusters, 0, plan.width), np.float32)
-        self.weight = np.zeros((0, plan.width), np.float32)
-        self.top = self.offset = self.rows = 0
-
-    def add(self, tile: Tile, probs: np.ndarray) -> None:
-        w = self.plan.weights(tile)
-        end = tile.row_off - self.top + tile.height  # rows of the band this tile needs, from top
-        if self.offset and self.offset + end > self.weight.shape[0]:
-            self._to_front()
-        grow = end - self.weight.shape[0]
-        if grow > 0:
-            self.acc = np.concatenate([self.acc, np.zeros((self.acc.shape[0], grow, self.plan.width), np.float32)], 1)
-            self.weight = np.concatenate([self.weight, np.zeros((grow, self.plan.width), np.float32)])
-        self.rows = max(self.rows, end)
-        r0 = self.offset + tile.row_off - self.top
-        sl = (slice(r0, r0 + tile.height), slice(tile.col_off, tile.col_off + tile.width))
-        self.acc[(slice(None), *sl)] += probs * w
-        self.weight[sl] += w
-
-    def _to_front(self) -> None:
-        """Move the rows in use to the front of the buffers (in blocks of `offset` rows, so that
-        source and target never overlap) and zero what they leave behind."""
-        o, n = self.offset, self.rows
-        for r in range(0, n, o):
-            k = min(o, n - r)
-            self.acc[:, r:r + k] = self.acc[:, o + r:o + r + k]
-            self.weight[r:r + k] = self.weight[o + r:o + r + k]
-        self.acc[:, n:o + n] = 0
-        self.weight[n:o + n] = 0
-        self.offset = 0
-
-    def pop(self, new_top: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return blended rows [top, new_top) (probabilities, covered) and drop them from the band."""
-        n = new_top - self.top
-        rows = slice(self.offset, self.offset + n)
-        weight = self.weight[rows]
-        probs = self.acc[:, rows] / np.maximum(weight, 1e-12)
-        covered = weight > 0
-        self.acc[:, rows] = 0
-        self.weight[rows] = 0
-        self.offset, self.rows = (self.offset + n, self.rows - n) if n < self.rows else (0, 0)
-        self.top = new_top
-        return probs, covered
-
-
-class TileSource:
-    """Reads plan tiles as model-ready windows (resampled, padded, invalid pixels filled)."""
-
-    def __init__(self, reader: RasterReader, plan: WindowPlan, model_window: int, scale: float, patch: int):
-        self.reader, self.plan, self.scale, self.patch = reader, plan, scale, patch
-        self.model_window = model_window
-
-    def model_shape(self, tile: Tile) -> tuple[int, int]:
-        if self.scale == 1.0:
-            return tile.height, tile.width
-        if tile.height == self.plan.window and tile.width == self.plan.window:
-            return self.model_window, self.model_window
-        return max(1, round(tile.height / self.scale)), max(1, round(tile.width / self.scale))
-
-    def input_size(self, tile: Tile) -> int:
-        """Side S of the square model input: a patch multiple >= the model window."""
-        return max(self.model_window, math.ceil(max(self.model_shape(tile)) / self.patch) * self.patch)
-
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """RGB (3, S, S) 0..255 (S = input_size), and validity (h, w) of the unpadded
-        model-resolution window."""
-        shape = self.model_shape(tile)
-        rgb, valid = self.reader.read(Window(tile.col_off, tile.row_off, tile.width, tile.height), shape)
-        rgb = np.where(valid[None], rgb, self.reader.fill[:, None, None].astype(np.float32))
-        size = self.input_size(tile)
-        ph, pw = size - shape[0], size - shape[1]
-        if ph or pw:  # small rasters: reflect-pad to a whole window; padding is cut off afterwards
-            rgb = np.pad(rgb, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(shape) > 1 else "edge")
-        return np.ascontiguousarray(rgb, dtype=np.float32), valid
-
-
-def grid_phase(transform) -> tuple[int, int]:
-    """Global pixel indices of the raster's first column and row on its CRS pixel lattice (0, 0
-    without a north-up transform): windows are laid on this lattice, not on the raster's corner."""
-    if transform.is_identity or transform.b or transform.d or not transform.a or not transform.e:
-        return 0, 0
-    return round(transform.c / transform.a), round(transform.f / transform.e)
-
-
-def _choose_scale(reader: RasterReader, model: SegUnifyModel | None, native: bool) -> float:
-    """Source pixels per model pixel: resample to the model's GSD unless asked not to."""
-    if native or model is None or not model.config.gsd:
-        return 1.0
-    gsd = ground_sampling_distance(reader.ds)
-    if not gsd:
-        return 1.0
-    scale = model.config.gsd / gsd
-    if not 1 / MAX_RESAMPLING <= scale <= MAX_RESAMPLING:
-        log.warning("The input's pixels (%.3g m) and the model's (%.3g m) differ more than %gx; segmenting "
-                    "at native resolution (a model trained near this GSD will do better).",
-                    gsd, model.config.gsd, MAX_RESAMPLING)
-        return 1.0
-    return 1.0 if abs(scale - 1.0) < GSD_TOLERANCE else scale
-
-
-def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbone: Backbone,
-             fit: SelfFitOptions, device: torch.device, progress: Progress | None,
-             flip: bool = True) -> tuple[SegUnifyModel, dict[tuple[int, int], int], FeatureCache, Path]:
-    """Fit Compressor and Labeler on cached features of (a sample of) the input's own windows."""
-    tiles = [t for t in plan.tiles()]
-    rng = np.random.default_rng(fit.seed)
-    chosen = sorted(rng.choice(len(tiles), min(fit.max_windows, len(tiles)), replace=False).tolist())
-    fit_tiles = [tiles[i] for i in chosen]
-    folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
-    try:
-        cache = build_cache(folder / "features", len(fit_tiles), lambda k: source.read(fit_tiles[k])[0],
-                            source.input_size(fit_tiles[0]), backbone, flip, batch_size=4,
-                            device=device,
-                            progress=(lambda d, t: progress("features", d, t)) if progress else None)
-        config = TrainConfig(
-            classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
-            batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
-            shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
-            alpha=fit.alpha, feature_crop=fit.feature_crop, window=source.model_window,
-            max_windows=fit.max_windows, bands=list(reader.bands))
-        model = new_model(backbone, config, ground_sampling_distance(reader.ds))
-        trainer = Trainer(model, cache, config)
-        while trainer.step < config.steps:
-            trainer.train_step()
-            if progress:
-                progress("fit", trainer.step, config.steps)
-        model.backbone = backbone
-        model.metadata = {"training": {"config": dataclasses.asdict(config), "self_fit": True,
-                                       "data": {"files": [str(reader.ds.name)], "windows": len(fit_tiles),
-                                                "gsd_m": model.config.gsd}}}
-        index = {(t.row, t.col): k for k, t in enumerate(fit_tiles)}
-        return model.eval(), index, cache, folder
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
-                   options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
-                   backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
-    """Segment a raster into a class raster; see `_segment_raster`. GDAL's block cache is capped."""
-    # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax, which takes bytes, not megabytes.
-    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
-    with rasterio.Env(**cache):
-        return _segment_raster(input_path, output_path, model, options, crf, fit, backbone, progress)
-
-
-def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
-                    options: SegmentOptions, crf=None, fit: SelfFitOptions | None = None,
-                    backbone: Backbone | None = None, progress: Progress | None = None) -> SegmentReport:
-    """Segment a raster into a class raster (uint8, 1..K, 0 = nodata) on the input's grid.
-
-    Without a model, `fit` and `backbone` are required: the model is fitted on the input itself.
-    The output is written to a temporary file beside OUTPUT and renamed at the end; on any error
-    or interruption nothing is left at OUTPUT.
-    """
-    output_path = Path(output_path)
-    if output_path.exists() and not options.overwrite:
-        raise SegUnifyError(f"Output '{output_path}' already exists; pass --overwrite to replace it.")
-    if not output_path.parent.is_dir():
-        raise SegUnifyError(f"Output folder '{output_path.parent}' does not exist; create it first.")
-    if not os.access(output_path.parent, os.W_OK):
-        raise SegUnifyError(f"Output folder '{output_path.parent}' is not writable; choose another "
-                            "output path.")
-    if Path(input_path).resolve() == output_path.resolve():
-        raise SegUnifyError("Output path equals the input path; inputs are never modified, choose "
-                            "another output.")
-    device = torch.device(options.device)
+    inputs, outputs = [Path(p) for p in inputs], [Path(p) for p in outputs]
+    _check_outputs(inputs, outputs, options.overwrite)
+    if model is None and (fit is None or backbone is None):
+        raise SegUnifyError("No model given; choose a model file (--model MODEL) or a number of classes to fit "
+                            "on the input (--classes K).")
+    patch = model.config.patch_size if model is not None else backbone.patch_size  # type: ignore[union-attr]
+    if options.window % patch or options.stride % patch:
+        raise SegUnifyError(f"The window ({options.window}, --window) and stride ({options.stride}, --stride) "
+                            f"must be multiples of the backbone's patch size {patch}.")
     bands = options.bands if options.bands is not None else (model.config.bands if model else None)
-    if options.bands is None and model is not None and model.config.bands:
-        with open_raster(input_path) as ds:
-            if max(model.config.bands) > ds.count:
-                raise SegUnifyError(f"The model was trained on bands {','.join(map(str, model.config.bands))} but "
-                                    f"'{input_path}' has {ds.count} band(s); choose its bands with --bands.")
-    reader = RasterReader.open(input_path, bands)
-    temps: list[Path] = []
-    fit_folder: Path | None = None
+    geometry = Geometry(options.window, options.stride, patch, model.config.gsd if model else None,
+                        options.native_resolution)
+    client = as_client(client)
+    device = torch.device(options.device)
+    folder = Path(job_folder) if job_folder else default_job_folder(outputs)
+    with gdal_env():
+        parts = _plan_checked(inputs, outputs, geometry, bands, model, options)
+    what = {"model": _model_digest(model) if model is not None else None,
+            "fit": dataclasses.asdict(fit) if model is None and fit else None,
+            "backbone": backbone.spec.name if model is None and backbone else None}
+    job = _fingerprint(parts, options, what)
+    manifest = Manifest.open(folder, job, options.resume)
+    if not manifest.parts:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    finished = False
     try:
-        if reader.ds.crs is None:
-            log.warning("'%s' has no CRS: the output keeps its pixel grid without georeferencing.",
-                        input_path)
         if model is None:
-            if fit is None or backbone is None:
-                raise SegUnifyError("No model given; pass --model MODEL or --classes K to fit one on "
-                                    "the input.")
-            patch = backbone.patch_size
-        else:
-            patch = model.config.patch_size
-            backbone = model.backbone
-        if options.window % patch or options.stride % patch:
-            raise SegUnifyError(f"--window {options.window} and --stride {options.stride} must be "
-                                f"multiples of the backbone's patch size {patch}.")
-        scale = _choose_scale(reader, model, options.native_resolution)
-        src_window = max(patch, round(options.window * scale))
-        src_stride = max(1, min(src_window, round(options.stride * scale)))
-        col_phase, row_phase = grid_phase(reader.ds.transform)
-        plan = WindowPlan(reader.width, reader.height, src_window, src_stride, col_phase, row_phase)
-        source = TileSource(reader, plan, options.window, scale, patch)
-        fit_index: dict[tuple[int, int], int] = {}
-        fit_cache = None
-        if model is None:
-            model, fit_index, fit_cache, fit_folder = self_fit(reader, plan, source, backbone, fit, device,
-                                                               progress, options.flip)
+            model = _fitted_model(folder, parts, backbone, fit, device, options, progress, manifest)  # type: ignore[arg-type]
         model = model.to(device).eval()
         n = model.config.n_clusters
         if n > 255:
             raise SegUnifyError(f"The model has {n} clusters; a uint8 class raster holds at most 255.")
-
-        tmp_out = _temp_beside(output_path, ".tif")
-        temps.append(tmp_out)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dst = rasterio.open(tmp_out, "w", **_output_profile(reader.ds, 1, "uint8"))
-            prob_dst = None
-            if options.probabilities:
-                prob_path = Path(options.probabilities)
-                tmp_prob = _temp_beside(prob_path, ".tif")
-                temps.append(tmp_prob)
-                if options.probabilities_dtype == "uint8":
-                    prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "uint8"))
-                else:  # half floats: GTiff stores Float32 with NBITS=16
-                    prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "float32", 16))
-        try:
-            try:
-                dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255)
-                                                           for i, c in enumerate(class_colours(n))}})
-                _label_pass(model, plan, source, options, crf, dst, prob_dst, fit_index, fit_cache, device,
-                            progress)
-            finally:
-                dst.close()
-                if prob_dst is not None:
-                    prob_dst.close()
-            for written in temps:
-                _read_back(written)
-            if options.cog:
-                tmp_cog = _temp_beside(output_path, ".tif")
-                temps.append(tmp_cog)
-                _to_cog(tmp_out, tmp_cog)
-                _read_back(tmp_cog)
-                tmp_out = tmp_cog
-            os.replace(tmp_out, output_path)
-            if options.probabilities:
-                os.replace(temps[1], Path(options.probabilities))
-            write_qml(output_path.with_suffix(".qml"), n)
-        except (rasterio.errors.RasterioIOError, OSError) as exc:  # reads raise SegUnifyError instead
-            raise write_failure(output_path, exc) from None
-        if options.preview:
-            _preview(reader, output_path, Path(options.preview))
-        return SegmentReport(str(output_path), reader.width, reader.height, len(plan), n,
-                             device.type, getattr(model.backbone, "precision", "fp32"), scale, model)
+        precision = getattr(model.backbone, "precision", "fp32")
+        spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
+                       precision, getattr(crf, "name", crf or "none"), backbone_weights=_opt_str(backbone_weights))
+        if client is not None:
+            spec = _with_model_file(spec, model, model_file, folder)
+        report = _run_and_assemble(parts, spec, manifest, model, crf, client, options, keep_going, progress)
+        report.device, report.precision = device.type, precision
+        finished = not report.failed
+        return report
     finally:
-        reader.close()
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        if fit_folder is not None:
-            shutil.rmtree(fit_folder, ignore_errors=True)
+        if finished or not options.resume:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-@torch.inference_mode()
-def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, options: SegmentOptions,
-                crf, dst, prob_dst, fit_index: dict, fit_cache: FeatureCache | None,
-                device: torch.device, progress: Progress | None) -> None:
-    """Windows in row-major order, in batches that run on across window rows (a batch never waits
-    for a row to fill up); a window row's finished raster rows are written once its last tile is in."""
-    blender = _Blender(plan, model.config.n_clusters)
-    # rows written at a time: about 4M probabilities, which glibc serves from its reusable heap
-    strip = max(1, WRITE_STRIP_VALUES // (model.config.n_clusters * plan.width))
-    tiles = list(plan.tiles())
-    n_cols = len(plan.col_offsets)
-    done_rows = 0
-    for start in range(0, len(tiles), options.batch_size):
-        batch = tiles[start:start + options.batch_size]
-        reads = [source.read(t) for t in batch]
-        keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-        if keep:
-            rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
-            codes = _codes(model, rgb, [batch[i] for i in keep], fit_index, fit_cache, options.flip)
-            log_probs = model.log_probs_from_code(codes, rgb.shape[-2:])
-            probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
-            for j, i in enumerate(keep):
-                tile = batch[i]
-                mh, mw = source.model_shape(tile)
-                p = probs[j:j + 1, :, :mh, :mw]
-                if (mh, mw) != (tile.height, tile.width):
-                    p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear", align_corners=False)
-                blender.add(tile, p[0].float().cpu().numpy())
+def _opt_str(value) -> str | None:
+    return str(value) if value else None
+
+
+def _plan_checked(inputs, outputs, geometry, bands, model, options) -> list[Part]:
+    """The job's parts, after checking that every input has the bands the model was trained on."""
+    if options.bands is None and model is not None and model.config.bands:
+        for src in inputs:
+            with open_raster(src) as ds:
+                if max(model.config.bands) > ds.count:
+                    raise SegUnifyError(
+                        f"The model was trained on bands {','.join(map(str, model.config.bands))} but '{src}' has "
+                        f"{ds.count} band(s); choose its bands (--bands).")
+    probabilities = [options.probabilities] * len(inputs) if options.probabilities else None
+    return plan(inputs, outputs, geometry, bands, probabilities, options.block)
+
+
+def _fitted_model(folder: Path, parts: Sequence[Part], backbone: Backbone, fit: SelfFitOptions,
+                  device: torch.device, options: SegmentOptions, progress: Progress | None,
+                  manifest: Manifest) -> SegUnifyModel:
+    """Self-fit once on the driver; a resumed run reuses the model it fitted before."""
+    path = folder / FIT_MODEL
+    if options.resume and path.is_file():
+        return load_model(path, backbone=backbone)
+    rasters = list({p.raster.index: p.raster for p in parts}.values())
+    model = self_fit(rasters, backbone.to(device), fit, device, options.flip, progress)
+    save_model(model, path)
+    return model
+
+
+def _with_model_file(spec: RunSpec, model: SegUnifyModel, model_file, folder: Path) -> RunSpec:
+    """Workers load the model from a file: the one given, or a copy in the job folder."""
+    from .parts import file_sha256
+
+    path = Path(model_file) if model_file else None
+    if path is None:
+        path = folder / FIT_MODEL if (folder / FIT_MODEL).is_file() else folder / JOB_MODEL
+        if path.name == JOB_MODEL:
+            save_model(model, path)
+    return dataclasses.replace(spec, model_file=str(path.resolve()), model_sha256=file_sha256(path))
+
+
+def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, model: SegUnifyModel, crf,
+                      client, options: SegmentOptions, keep_going: bool, progress: Progress | None) -> JobReport:
+    rasters: dict[int, RasterJob] = {}
+    by_raster: dict[int, list[Part]] = {}
+    for part in parts:
+        rasters[part.raster.index] = part.raster
+        by_raster.setdefault(part.raster.index, []).append(part)
+    todo = [p for p in parts if not manifest.is_done(p)]
+    reused = len(parts) - len(todo)
+    if reused:
+        log.info("resuming: %d of %d parts are already done", reused, len(parts))
+    total = sum(len(p.tiles()) for p in parts)
+    done = [total - sum(len(p.tiles()) for p in todo)]
+
+    def windows_done(count: int) -> None:
+        done[0] += count
         if progress:
-            progress("segment", start + len(batch), len(tiles))
-        last = batch[-1]
-        finished_rows = last.row + 1 if last.col == n_cols - 1 else last.row
-        for r in range(done_rows, finished_rows):
-            final = plan.rows_final_after(r)
-            while blender.top < final:  # in strips: no array per write grows with the raster's width
-                top = blender.top
-                probs_rows, covered = blender.pop(min(final, top + strip))
-                _write_rows(source.reader, dst, prob_dst, probs_rows, covered, top, options.probabilities_dtype)
-        done_rows = finished_rows
+            progress("segment", done[0], total)
+
+    errors: dict[int, str] = {}
+    computed: list[str] = []
+    job = manifest.job
+    for part, hashes, exc in run_parts(todo, spec, client, model, crf, job, windows_done):
+        if exc is not None:
+            if not keep_going:
+                raise exc
+            errors.setdefault(part.raster.index, str(exc))
+            continue
+        manifest.record(part.id, hashes)  # type: ignore[arg-type]
+        computed.append(part.id)
+    results = []
+    for index, raster in rasters.items():
+        error = errors.get(index)
+        if error is None:
+            try:
+                assemble(raster, by_raster[index], manifest.folder, model.config.n_clusters, options.cog,
+                         options.probabilities_dtype, options.preview if len(rasters) == 1 else None)
+            except SegUnifyError as exc:
+                if not keep_going:
+                    raise
+                error = str(exc)
+        results.append(RasterResult(raster.input, raster.output, raster.width, raster.height,
+                                    len(raster.window_plan()), raster.scale, error))
+    return JobReport(results, len(parts), computed, reused, model.config.n_clusters, spec.device, spec.precision,
+                     model, dict(manifest.parts))
 
 
-def _codes(model: SegUnifyModel, rgb: torch.Tensor, tiles: list[Tile], fit_index: dict,
-           fit_cache: FeatureCache | None, flip: bool) -> torch.Tensor:
-    """Codes of a batch; windows whose features were cached by self-fit skip the backbone."""
-    cached = [fit_index.get((t.row, t.col)) for t in tiles]
-    if fit_cache is None or any(c is None for c in cached):
-        return model.code(rgb, flip)
-    idx = torch.tensor(cached)
-    code = model.compressor(fit_cache.batch(idx, torch.zeros_like(idx)).to(rgb.device))
-    if flip and fit_cache.views > 1:
-        flipped = model.compressor(fit_cache.batch(idx, torch.ones_like(idx)).to(rgb.device))
-        code = (code + flipped.flip(-1)) / 2.0
-    return code
+def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
+                   options: SegmentOptions, crf: Any = None, fit: SelfFitOptions | None = None,
+                   backbone: Backbone | None = None, progress: Progress | None = None, client: Any = None,
+                   backbone_weights: str | Path | None = None, model_file: str | Path | None = None) -> SegmentReport:
+    """Segment one raster into a class raster on its exact grid; see `segment`. On any error or
+    interruption nothing is left at the output (and, without resume, no part files either)."""
+    report = segment([input_path], [output_path], model, options, crf, fit, backbone, backbone_weights, client,
+                     model_file, progress=progress)
+    raster = report.rasters[0]
+    return SegmentReport(raster.output, raster.width, raster.height, raster.windows, report.classes, report.device,
+                         report.precision, raster.scale, report.model, report.parts, len(report.computed),
+                         report.reused)
 
-
-def _write_rows(reader: RasterReader, dst, prob_dst, probs: np.ndarray, covered: np.ndarray, row0: int,
-                prob_dtype: str) -> None:
-    n_rows = probs.shape[1]
-    window = Window(0, row0, reader.width, n_rows)
-    valid = reader.valid_mask(window) & covered
-    labels = (probs.argmax(0) + 1).astype(np.uint8)
-    labels[~valid] = 0
-    dst.write(labels, 1, window=window)
-    if prob_dst is not None:
-        if prob_dtype == "uint8":
-            data = np.round(probs * 255).astype(np.uint8)
-        else:
-            data = probs.astype(np.float32)
-        data[:, ~valid] = 0
-        prob_dst.write(data, window=window)
-
-
-def _read_back(path: Path) -> None:
-    """Read every block of a closed output. GDAL flushes cached blocks at close and reports a failed
-    flush (full disk, quota) only on stderr, so a truncated file would otherwise pass as finished."""
-    with rasterio.open(path) as ds:
-        for _, window in ds.block_windows(1):
-            ds.read(window=window)
-
-
-def _to_cog(src: Path, dst: Path) -> None:
-    from rasterio.shutil import copy
-
-    copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", OVERVIEW_RESAMPLING="MODE",
-         BIGTIFF="IF_SAFER")
-
-
-def _preview(reader: RasterReader, output: Path, path: Path, max_side: int = 1024) -> None:
-    scale = max(1.0, max(reader.width, reader.height) / max_side)
-    shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
-    rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
-                             resampling=Resampling.average)
-    with rasterio.open(output) as ds:
-        labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-    write_preview(path, rgb, labels, valid, max_side)

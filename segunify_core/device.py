@@ -1,0 +1,20 @@
+"""Choosing the device the model runs on."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import SegUnifyError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SegUnifyError("The GPU (--device cuda) was asked for but PyTorch sees no CUDA GPU; use the CPU "
+                            "(--device cpu) or install a CUDA build of PyTorch.")
+    if name not in ("cpu", "cuda"):
+        raise SegUnifyError(f"Unknown device '{name}'; use auto, cpu or cuda (--device).")
+    return torch.device(name)

@@ -1,0 +1,195 @@
+"""Engines that run a job's parts: in this process, or on a Dask cluster.
+
+Both run the same `run_part`. On Dask, parts are submitted with the futures API (`pure=False`,
+one key per part) and every worker process loads the model once from the model file (a
+per-process cache keyed by the file's SHA-256), so no task carries the model. Dask is imported
+only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .errors import SegUnifyError
+from .parts import Progress, RunSpec, run_part
+from .planning import Part
+
+Result = tuple[Part, dict[str, str] | None, BaseException | None]
+INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
+WORKER_TIMEOUT_S = 120  # nanny start-up is slow on loaded machines
+
+
+def import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise SegUnifyError(INSTALL_HINT) from None
+    return distributed
+
+
+def parse_cluster(text: str) -> int:
+    """`local` or `local:N` -> N worker processes (default: one per two cores)."""
+    name, _, count = text.partition(":")
+    if name != "local" or (count and not count.isdigit()) or count == "0":
+        raise SegUnifyError(f"Cluster '{text}' is not understood; write local or local:N (N worker processes) "
+                            "[--cluster], or give a running scheduler with --scheduler or --scheduler-file.")
+    return int(count) if count else max(1, (os.cpu_count() or 2) // 2)
+
+
+def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_file: str | None = None):
+    """A Dask client for --cluster local[:N], --scheduler ADDRESS or --scheduler-file FILE; None for
+    in-process. The caller closes it (and the LocalCluster it may own)."""
+    if not (cluster or scheduler or scheduler_file):
+        return None
+    if sum(bool(x) for x in (cluster, scheduler, scheduler_file)) > 1:
+        raise SegUnifyError("Give one of a local cluster (--cluster), a scheduler address (--scheduler) or a "
+                            "scheduler file (--scheduler-file), not several.")
+    distributed = import_distributed()
+    if cluster:
+        workers = parse_cluster(cluster)
+        local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, death_timeout=WORKER_TIMEOUT_S)
+        client = distributed.Client(local, timeout=WORKER_TIMEOUT_S)
+        client._segunify_owns_cluster = local  # closed with the client by close_client
+        return client
+    try:
+        if scheduler_file:
+            return distributed.Client(scheduler_file=scheduler_file, timeout=WORKER_TIMEOUT_S)
+        return distributed.Client(scheduler, timeout=WORKER_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        where = scheduler_file or scheduler
+        raise SegUnifyError(f"Cannot reach the Dask scheduler '{where}' ({exc}); check that it runs and the "
+                            "address (--scheduler) or file (--scheduler-file) is right.") from None
+
+
+def close_client(client) -> None:
+    local = getattr(client, "_segunify_owns_cluster", None)
+    client.close()
+    if local is not None:
+        local.close()
+
+
+def as_client(client: Any):
+    """A `distributed.Client` from a client or a scheduler address; None stays None."""
+    if client is None or not isinstance(client, str):
+        return client
+    return import_distributed().Client(client, timeout=WORKER_TIMEOUT_S)
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+_WORKER_MODELS: dict[tuple, Any] = {}  # per worker process: (model hash, weights, device, precision) -> (model, crf)
+
+
+def worker_model(spec: RunSpec):
+    """The model and CRF of this spec, loaded once per process (a worker runs many parts)."""
+    key = (spec.model_sha256, spec.backbone_weights, spec.device, spec.precision, spec.crf)
+    if key not in _WORKER_MODELS:
+        from .backbone import choose_precision
+        from .crf import make_crf
+        from .model import load_model
+
+        device = torch.device(spec.device)
+        model = load_model(spec.model_file, backbone_weights=spec.backbone_weights)
+        model.backbone.precision = choose_precision(spec.precision, device)
+        _WORKER_MODELS.clear()  # one job's model at a time
+        # A Dask worker is a daemon process and may not start the CRF's own worker processes.
+        _WORKER_MODELS[key] = (model.to(device).eval(), make_crf(spec.crf, workers=1))
+    return _WORKER_MODELS[key]
+
+
+def run_part_task(part: dict, spec: dict) -> dict[str, str]:
+    """The Dask task: one part, from JSON-like arguments."""
+    run = RunSpec(**spec)
+    model, crf = worker_model(run)
+    return run_part(Part.from_dict(part), run, model, crf)
+
+
+class TorchThreads:
+    """Dask worker plugin: torch threads per worker = the host's cores / its workers (Dask's nanny
+    sets OMP_NUM_THREADS=1, which would leave torch on one thread)."""
+
+    name = "segunify-torch-threads"
+
+    def __init__(self, workers_per_host: dict[str, int]):
+        self.workers_per_host = workers_per_host
+
+    def setup(self, worker) -> None:
+        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        share = self.workers_per_host.get(host) or self.workers_per_host.get(socket.gethostname()) or 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
+
+    def teardown(self, worker) -> None:
+        pass
+
+
+def _workers_per_host(client) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for address in client.scheduler_info().get("workers", {}):
+        host = address.rsplit(":", 1)[0].split("://")[-1]
+        counts[host] = counts.get(host, 0) + 1
+    return counts
+
+
+# --- driver side -------------------------------------------------------------------------------
+
+def run_in_process(parts: Sequence[Part], spec: RunSpec, model, crf,
+                   progress: Progress | None = None) -> Iterator[Result]:
+    for part in parts:
+        try:
+            yield part, run_part(part, spec, model, crf, progress), None
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:  # reported per part; the caller decides what fails
+            yield part, None, exc
+
+
+def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
+                progress: Progress | None = None, retries: int = 2) -> Iterator[Result]:
+    distributed = import_distributed()
+    if spec.model_file is None:
+        raise ValueError("a cluster run needs the model as a file")
+    try:
+        client.register_plugin(TorchThreads(_workers_per_host(client)))
+    except AttributeError:  # distributed < 2023.9
+        client.register_worker_plugin(TorchThreads(_workers_per_host(client)))
+    resources = {"GPU": 1} if spec.device == "cuda" else None
+    by_key = {f"segunify-{job[:12]}-{p.id}": p for p in parts}
+    futures = client.map(run_part_task, [p.to_dict() for p in parts], spec=spec.to_dict(), key=list(by_key),
+                         pure=False, retries=retries, resources=resources)
+    try:
+        for future in distributed.as_completed(futures):
+            part = by_key[future.key]
+            try:
+                result = future.result()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except distributed.KilledWorker as exc:
+                yield part, None, SegUnifyError(f"Part {part.id} of '{part.raster.input}' killed its worker several "
+                                                f"times ({exc}); lower the batch size (--batch-size) or give workers "
+                                                "more memory.")
+                continue
+            except Exception as exc:
+                yield part, None, exc
+                continue
+            if progress:
+                progress(len(part.tiles()))
+            yield part, result, None
+    finally:
+        client.cancel(futures)
+
+
+def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model=None, crf=None, job: str = "job",
+              progress: Progress | None = None) -> Iterator[Result]:
+    """Run parts in this process (client None) or on the client's cluster; results as they finish."""
+    if client is None:
+        return run_in_process(parts, spec, model, crf, progress)
+    return run_on_dask(client, parts, spec, job, progress)
+
+
+ProgressFactory = Callable[[int], Progress]

@@ -1,0 +1,109 @@
+"""What a segmentation leaves for the user: the GeoTIFF profile of class and probability rasters,
+the class colour table, the QGIS style, the preview, the COG conversion and the read-back check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from .atomic import atomic_path, write_text_atomic
+from .inference import class_colours, write_preview
+from .raster_io import RasterReader
+
+BLOCK = 512  # tile side of written GeoTIFFs
+
+
+def colour_map(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
+    """The class raster's colour table: 0 (nodata) transparent, classes 1..K in the class colours."""
+    return {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255) for i, c in enumerate(class_colours(n_classes))}}
+
+
+def qml_text(n_classes: int) -> str:
+    """A QGIS style (paletted renderer) for the class raster; QGIS 3.22 shows no attribute tables."""
+    entries = "\n".join(
+        f'          <paletteEntry value="{i + 1}" label="class {i + 1}" alpha="255" '
+        f'color="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>' for i, c in enumerate(class_colours(n_classes)))
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22" styleCategories="AllStyleCategories">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+
+
+def write_qml(path: Path, n_classes: int) -> None:
+    write_text_atomic(path, qml_text(n_classes))
+
+
+def creation_options(width: int, height: int, n_bands: int, dtype: str, nbits: int | None = None,
+                     block: int = BLOCK) -> dict[str, Any]:
+    """GTiff creation options: tiled and deflated; rasters smaller than a tile are stored in strips."""
+    options: dict[str, Any] = {"driver": "GTiff", "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    if width >= block and height >= block:
+        options.update(tiled=True, blockxsize=block, blockysize=block)
+    if nbits:
+        options["NBITS"] = nbits
+    return options
+
+
+def probability_storage(dtype: str) -> tuple[str, int | None]:
+    """(GDAL data type, NBITS) of the probability raster: half floats are Float32 with NBITS=16."""
+    return ("uint8", None) if dtype == "uint8" else ("float32", 16)
+
+
+def encode_probabilities(probs: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
+    """Probabilities (K, h, w) as stored: 0..255 for uint8, else float32; 0 where invalid."""
+    data = np.round(probs * 255).astype(np.uint8) if dtype == "uint8" else probs.astype(np.float32)
+    data[:, ~valid] = 0
+    return data
+
+
+def read_back(path: Path) -> None:
+    """Read every block of a closed output. GDAL flushes cached blocks at close and reports a failed
+    flush (full disk, quota) only on stderr, so a truncated file would otherwise pass as finished."""
+    with rasterio.open(path) as ds:
+        for _, window in ds.block_windows(1):
+            ds.read(window=window)
+
+
+def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None) -> None:
+    """Copy a raster (a VRT of parts) to a tiled GeoTIFF or a COG at `dst`, atomically, read back."""
+    from rasterio.shutil import copy
+
+    with rasterio.open(src) as ds:
+        width, height, count, dtype = ds.width, ds.height, ds.count, ds.dtypes[0]
+    if cog:
+        options: dict[str, Any] = {"driver": "COG", "COMPRESS": "DEFLATE", "BIGTIFF": "IF_SAFER",
+                                   "OVERVIEW_RESAMPLING": "MODE" if count == 1 and dtype == "uint8" else "AVERAGE"}
+        if nbits:
+            options["NBITS"] = nbits
+    else:
+        options = {k.upper(): ("YES" if v is True else v)
+                   for k, v in creation_options(width, height, count, dtype, nbits).items()}
+        options["driver"] = options.pop("DRIVER")
+    with atomic_path(dst) as tmp:
+        copy(str(src), str(tmp), **options)
+        read_back(tmp)
+
+
+def write_preview_png(reader: RasterReader, classes: Path, path: Path, max_side: int = 1024) -> None:
+    """A PNG of image, classes and overlay, at most `max_side` px on its longer side."""
+    scale = max(1.0, max(reader.width, reader.height) / max_side)
+    shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
+    rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
+                             resampling=Resampling.average)
+    with rasterio.open(classes) as ds:
+        labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+    with atomic_path(path) as tmp:
+        write_preview(tmp, rgb, labels, valid, max_side)

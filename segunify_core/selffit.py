@@ -1,0 +1,106 @@
+"""Self-fit: a model fitted on windows of the job's own rasters when no model file is given.
+
+Windows are sampled across the whole job (every raster's window plan), their backbone features
+cached once, and the Compressor and Labeler trained on the cache. It runs once, on the driver;
+the labelling that follows is distributed like any other job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import Backbone
+from .features import build_cache
+from .model import SegUnifyModel
+from .planning import RasterJob
+from .raster_io import RasterReader, ground_sampling_distance
+from .tiling import Tile
+from .training import TrainConfig, Trainer, new_model
+from .windows import TileSource
+
+
+@dataclasses.dataclass
+class SelfFitOptions:
+    """Fit a model on windows of the input itself (no model file given)."""
+
+    classes: int
+    extra_clusters: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    max_windows: int = 64
+    feature_crop: int = 28  # patches; random crops of the cached window grids keep steps cheap
+    seed: int = 0
+    shift_intra: float = 0.1
+    shift_inter: float = 0.5
+    temperature: float = 0.1
+    alpha: float = 0.998
+    cache_dir: str | Path | None = None
+
+
+def sample_windows(rasters: Sequence[RasterJob], count: int, seed: int) -> list[tuple[RasterJob, Tile]]:
+    """`count` windows drawn without replacement from all the rasters' plans, in plan order."""
+    everything = [(r, t) for r in rasters for t in r.window_plan().tiles()]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(everything), min(count, len(everything)), replace=False).tolist())
+    return [everything[i] for i in chosen]
+
+
+def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptions, device: torch.device,
+             flip: bool = True, progress: Callable[[str, int, int], None] | None = None) -> SegUnifyModel:
+    """Fit Compressor and Labeler on cached features of windows sampled across the job."""
+    windows = sample_windows(rasters, fit.max_windows, fit.seed)
+    readers: dict[int, tuple[RasterReader, TileSource]] = {}
+
+    def read(k: int) -> np.ndarray:
+        raster, tile = windows[k]
+        if raster.index not in readers:
+            for reader, _ in readers.values():  # windows come raster by raster: keep one open
+                reader.close()
+            readers.clear()
+            reader = RasterReader.open(raster.input, raster.bands, raster.stats)
+            readers[raster.index] = (reader, TileSource(reader, raster.window_plan(), raster.model_window,
+                                                        raster.scale, raster.patch))
+        return readers[raster.index][1].read(tile)[0]
+
+    first_raster, first_tile = windows[0]
+    with RasterReader.open(first_raster.input, first_raster.bands, first_raster.stats) as reader:
+        size = TileSource(reader, first_raster.window_plan(), first_raster.model_window, first_raster.scale,
+                          first_raster.patch).input_size(first_tile)
+        gsd = ground_sampling_distance(reader.ds)
+        bands = list(reader.bands)
+    folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
+    try:
+        cache = build_cache(folder / "features", len(windows), read, size, backbone, flip, batch_size=4,
+                            device=device,
+                            progress=(lambda d, t: progress("features", d, t)) if progress else None)
+        for reader, _ in readers.values():
+            reader.close()
+        config = TrainConfig(
+            classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
+            batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
+            shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
+            alpha=fit.alpha, feature_crop=fit.feature_crop, window=first_raster.model_window,
+            max_windows=fit.max_windows, bands=bands, flip=flip)
+        model = new_model(backbone, config, gsd)
+        trainer = Trainer(model, cache, config)
+        while trainer.step < config.steps:
+            trainer.train_step()
+            if progress:
+                progress("fit", trainer.step, config.steps)
+        del cache
+        model.backbone = backbone
+        model.metadata = {"training": {"config": dataclasses.asdict(config), "self_fit": True,
+                                       "data": {"files": [r.input for r in rasters[:20]], "windows": len(windows),
+                                                "gsd_m": model.config.gsd}}}
+        return model.eval()
+    finally:
+        for reader, _ in readers.values():
+            reader.close()
+        shutil.rmtree(folder, ignore_errors=True)
