@@ -24,8 +24,8 @@ from segunify_core.backbone import choose_precision, create_backbone
 from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
 from segunify_core.raster_io import RasterReader
 from segunify_core.selffit import SelfFitOptions, self_fit
-from segunify_core.windows import TileSource
 from segunify_core.tiling import WindowPlan
+from segunify_core.windows import TileSource
 
 RASTERS = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/world.rgb.tif", "rasterio/shade.tif",
            "spacenet/atlanta_pan_0.5m.tif"]

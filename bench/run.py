@@ -147,9 +147,9 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     """
     from segunify_core.model import load_model
     from segunify_core.segment import SegmentOptions, segment_raster
-    from segunify_core.windows import grid_phase
     from segunify_core.tiling import WindowPlan
     from segunify_core.training import TrainConfig, train
+    from segunify_core.windows import grid_phase
 
     weights = random_checkpoint("vit_small_patch8_224.dino", tmp)
     src = generated_raster(tmp / "pipeline.tif", side)

@@ -14,7 +14,9 @@ from .options import (
     backbone_option,
     backbone_weights_option,
     bands_option,
+    dask_client,
     device_option,
+    engine_options,
     guarded,
     precision_option,
     progress_for,
@@ -58,6 +60,7 @@ D = TrainConfig()
 @click.option("--split", default="all_train", show_default=True, help="Potsdam split used when DATA is a Potsdam folder.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder (default ~/.cache/segunify/features or $SEGUNIFY_CACHE).")
+@engine_options
 @bands_option
 @backbone_option
 @backbone_weights_option
@@ -69,7 +72,7 @@ D = TrainConfig()
 def command(ctx, data, output, classes, extra_clusters, window, steps, batch_size, lr_compressor, lr_labeler,
             weight_decay, alpha, temperature, shift_intra, shift_inter, code_dim, dropout, nonlinear,
             outer_silu, no_pointwise, seed, max_windows, five_crop, crop_ratio, no_flip, checkpoint_every,
-            resume, gsd, split, cache_dir, bands, backbone, backbone_weights, device, precision, quiet):
+            resume, gsd, split, cache_dir, cluster, scheduler, scheduler_file, bands, backbone, backbone_weights, device, precision, quiet):
     """Train a model on folders or files of orthophotos (GeoTIFF/PNG/JPEG) or a Potsdam folder."""
     setup_logging(quiet)
     parsed = parse_bands(bands)
@@ -85,8 +88,9 @@ def command(ctx, data, output, classes, extra_clusters, window, steps, batch_siz
         click.echo("configuration: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), err=True)
     progress = progress_for(ctx, quiet)
     try:
-        model = train(data, output, config, backbone=bb, backbone_weights=backbone_weights, cache_dir=cache_dir,
-                      resume=resume, device=dev.type, potsdam_split=split, on_progress=progress)
+        with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+            model = train(data, output, config, backbone=bb, backbone_weights=backbone_weights, cache_dir=cache_dir,
+                          resume=resume, device=dev.type, potsdam_split=split, on_progress=progress, client=client)
     finally:
         progress.close()
     if not quiet:

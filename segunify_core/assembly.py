@@ -1,64 +1,20 @@
-"""Assembly: the manifest of finished parts, and the final rasters built from the part files.
+"""Assembly: the final rasters built from the part files.
 
-The manifest maps part id -> SHA-256 of each of its files; it is rewritten atomically after every
-finished part, so a run killed at any moment leaves a manifest that names only whole files. A
-resumed run skips a part only when its files are there and their hashes match. Once every part of
-a raster is recorded, its part files are mosaicked through a GDAL VRT on the input's exact grid
+Once every part of a raster is recorded in the manifest, its part files are mosaicked through a GDAL VRT on the input's exact grid
 and copied to the tiled GeoTIFF (or COG), then the QGIS style and the preview are written.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import SegUnifyError
+from .atomic import atomic_path
 from .outputs import colour_map, copy_raster, probability_storage, write_preview_png, write_qml
-from .parts import file_sha256, part_files
+from .parts import part_files
 from .planning import Part, RasterJob
 from .raster_io import RasterReader
-
-MANIFEST = "manifest.json"
-
-
-class Manifest:
-    """Part id -> {file kind: SHA-256}, for one job (named by its fingerprint)."""
-
-    def __init__(self, folder: Path, job: str, parts: dict[str, dict[str, str]] | None = None):
-        self.folder, self.job, self.parts = folder, job, parts or {}
-
-    @property
-    def path(self) -> Path:
-        return self.folder / MANIFEST
-
-    @classmethod
-    def open(cls, folder: Path, job: str, resume: bool) -> Manifest:
-        """The job's manifest: the recorded parts when resuming the same job, else a new one."""
-        path = folder / MANIFEST
-        if resume and path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("job") != job:
-                raise SegUnifyError(f"The unfinished run in '{folder}' was made with other inputs or settings; "
-                                    "rerun with the same ones, or run without resume (--no-resume) to start over.")
-            return cls(folder, job, data["parts"])
-        return cls(folder, job)
-
-    def save(self) -> None:
-        write_text_atomic(self.path, json.dumps({"job": self.job, "parts": self.parts}, indent=1, sort_keys=True))
-
-    def record(self, part_id: str, hashes: dict[str, str]) -> None:
-        self.parts[part_id] = hashes
-        self.save()
-
-    def is_done(self, part: Part) -> bool:
-        """Recorded, and every file of the part is there with its recorded hash."""
-        recorded = self.parts.get(part.id)
-        files = part_files(self.folder, part)
-        return (recorded is not None and set(recorded) == set(files)
-                and all(path.is_file() and file_sha256(path) == recorded[kind] for kind, path in files.items()))
 
 
 def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, bands: int, dtype: str,

@@ -110,29 +110,35 @@ def run_part_task(part: dict, spec: dict) -> dict[str, str]:
     return run_part(Part.from_dict(part), run, model, crf)
 
 
-class TorchThreads:
-    """Dask worker plugin: torch threads per worker = the host's cores / its workers (Dask's nanny
-    sets OMP_NUM_THREADS=1, which would leave torch on one thread)."""
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0].split("://")[-1]
 
-    name = "segunify-torch-threads"
 
-    def __init__(self, workers_per_host: dict[str, int]):
-        self.workers_per_host = workers_per_host
+def set_torch_threads(workers_per_host: dict[str, int], address: str) -> None:
+    """Torch threads of a worker: its host's cores shared by that host's workers (Dask's nanny sets
+    OMP_NUM_THREADS=1, which would leave torch on one thread)."""
+    share = workers_per_host.get(_host(address)) or workers_per_host.get(socket.gethostname()) or 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
 
-    def setup(self, worker) -> None:
-        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
-        share = self.workers_per_host.get(host) or self.workers_per_host.get(socket.gethostname()) or 1
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
 
-    def teardown(self, worker) -> None:
-        pass
+def torch_threads_plugin(workers_per_host: dict[str, int]):
+    """A Dask WorkerPlugin (made here: Dask is imported only for cluster runs) that sets torch's
+    threads on every worker, including workers that join or restart later."""
+    distributed = import_distributed()
+
+    class TorchThreads(distributed.WorkerPlugin):
+        name = "segunify-torch-threads"
+
+        def setup(self, worker) -> None:
+            set_torch_threads(workers_per_host, worker.address)
+
+    return TorchThreads()
 
 
 def _workers_per_host(client) -> dict[str, int]:
     counts: dict[str, int] = {}
     for address in client.scheduler_info().get("workers", {}):
-        host = address.rsplit(":", 1)[0].split("://")[-1]
-        counts[host] = counts.get(host, 0) + 1
+        counts[_host(address)] = counts.get(_host(address), 0) + 1
     return counts
 
 
@@ -154,10 +160,7 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
     distributed = import_distributed()
     if spec.model_file is None:
         raise ValueError("a cluster run needs the model as a file")
-    try:
-        client.register_plugin(TorchThreads(_workers_per_host(client)))
-    except AttributeError:  # distributed < 2023.9
-        client.register_worker_plugin(TorchThreads(_workers_per_host(client)))
+    client.register_plugin(torch_threads_plugin(_workers_per_host(client)))
     resources = {"GPU": 1} if spec.device == "cuda" else None
     by_key = {f"segunify-{job[:12]}-{p.id}": p for p in parts}
     futures = client.map(run_part_task, [p.to_dict() for p in parts], spec=spec.to_dict(), key=list(by_key),

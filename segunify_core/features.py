@@ -126,19 +126,21 @@ class FeatureCache:
         return torch.from_numpy(out.astype(np.float32))
 
 
-def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray], window: int,
+def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray] | None, window: int,
                 backbone: Backbone, flip: bool, batch_size: int = 16, device: torch.device | None = None,
-                progress: Callable[[int, int], None] | None = None) -> FeatureCache:
+                progress: Callable[[int, int], None] | None = None,
+                shards: Sequence[np.ndarray] | None = None, shape: tuple[int, ...] | None = None) -> FeatureCache:
     """Compute and store the features of `count` windows (and their flips); reuse a finished cache.
 
-    read_window(k) returns window k as RGB (3, window, window) in 0..255.
+    read_window(k) returns window k as RGB (3, window, window) in 0..255. With `shards` (features
+    computed elsewhere, in window order) and their joint `shape`, they are stored instead.
     """
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
     device = device or torch.device("cpu")
     grid = window // backbone.patch_size
     views = 2 if flip else 1
-    shape = (count, views, backbone.width, grid, grid)
+    shape = shape or (count, views, backbone.width, grid, grid)
     need = math.prod(shape) * 2
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
@@ -154,7 +156,11 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
                             "writable --cache-dir.") from None
     try:
         store = np.memmap(tmp / "features.f16", dtype=np.float16, mode="w+", shape=shape)
-        for start in range(0, count, batch_size):
+        offset = 0
+        for shard in shards or ():
+            store[offset:offset + len(shard)] = shard
+            offset += len(shard)
+        for start in range(0, count if shards is None else 0, batch_size):
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
             if flip:  # windows and mirrors in one backbone call
@@ -198,3 +204,92 @@ class WindowReader:
         if self.source is not None:
             self.source.close()
             self.source, self.current = None, -1
+
+
+# --- the cache computed on a Dask cluster: one atomic shard per part of the windows ------------
+
+SHARD_WINDOWS = 64  # windows per shard: a multiple of the backbone batch, seconds to minutes of work
+
+_WORKER_BACKBONES: dict[tuple, Backbone] = {}  # per worker process: (name, weights, precision, device)
+
+
+def _worker_backbone(name: str, weights: str | None, precision: str, device: str) -> Backbone:
+    from .backbone import create_backbone
+
+    key = (name, weights, precision, device)
+    if key not in _WORKER_BACKBONES:
+        _WORKER_BACKBONES.clear()
+        backbone = create_backbone(name, weights)
+        backbone.precision = precision
+        _WORKER_BACKBONES[key] = backbone.to(torch.device(device))
+    return _WORKER_BACKBONES[key]
+
+
+def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
+                  bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str], flip: bool,
+                  batch_size: int = 16) -> str:
+    """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
+    from .atomic import atomic_path
+    from .manifest import file_sha256
+
+    model = _worker_backbone(*backbone)
+    reader = WindowReader(images, windows, window, bands)
+    try:
+        with atomic_path(Path(path)) as tmp:
+            store = None
+            for start in range(0, len(windows), batch_size):
+                chunk = range(start, min(len(windows), start + batch_size))
+                x = torch.stack([torch.from_numpy(np.ascontiguousarray(reader(k))) for k in chunk])
+                x = x.to(torch.device(backbone[3]))
+                with torch.inference_mode():
+                    if flip:
+                        feats = torch.stack(model(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
+                    else:
+                        feats = model(x)[:, None]
+                if store is None:
+                    store = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(windows), *feats.shape[1:]))
+                store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
+            store.flush()
+            del store
+    finally:
+        reader.close()
+    return file_sha256(Path(path))
+
+
+def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage], windows: Sequence[TrainWindow],
+                           window: int, bands: Sequence[int] | None, backbone: Backbone,
+                           backbone_weights: str | None, flip: bool, device: str,
+                           progress: Callable[[int, int], None] | None = None) -> FeatureCache:
+    """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
+
+    Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
+    keeps the finished shards. The driver then joins them, in window order, into the cache file."""
+    from .engines import import_distributed
+    from .manifest import Manifest
+
+    if (folder / "meta.json").is_file():
+        return FeatureCache(folder)
+    distributed = import_distributed()
+    shards_dir = folder.with_name(folder.name + ".shards")
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.open(shards_dir, folder.name, resume=True)
+    starts = list(range(0, len(windows), SHARD_WINDOWS))
+    files = {s: shards_dir / f"shard-{s:08d}.npy" for s in starts}
+    todo = [s for s in starts if not manifest.has(str(s), {"features": files[s]})]
+    spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device)
+    resources = {"GPU": 1} if device == "cuda" else None
+    futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + SHARD_WINDOWS], window, bands,
+                             spec, flip, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
+                             resources=resources): s for s in todo}
+    done = len(windows) - sum(len(windows[s:s + SHARD_WINDOWS]) for s in todo)
+    for future in distributed.as_completed(futures):
+        start = futures[future]
+        manifest.record(str(start), {"features": future.result()})
+        done += len(windows[start:start + SHARD_WINDOWS])
+        if progress:
+            progress(done, len(windows))
+    shards = [np.load(files[s], mmap_mode="r") for s in starts]
+    shape = (len(windows), *shards[0].shape[1:])
+    build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)  # type: ignore[arg-type]
+    shutil.rmtree(shards_dir, ignore_errors=True)
+    return FeatureCache(folder)

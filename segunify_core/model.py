@@ -67,10 +67,17 @@ class SegUnifyModel(nn.Module):
         if self.backbone is None:
             raise RuntimeError("model has no backbone attached")
         if not flip:
-            return self.compressor(self.backbone(rgb))
+            return self.compress(self.backbone(rgb))
         # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
         feats, mirrored = self.backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
-        return (self.compressor(feats) + self.compressor(mirrored).flip(-1)) / 2.0
+        return (self.compress(feats) + self.compress(mirrored).flip(-1)) / 2.0
+
+    def compress(self, features: torch.Tensor) -> torch.Tensor:
+        """The Compressor at inference, with results independent of the thread count: oneDNN's 1x1
+        convolutions split their sums by threads, so a part on a 1-thread Dask worker would differ
+        from the same part in a 2-thread process in the last bits."""
+        with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
+            return self.compressor(features)
 
     @torch.inference_mode()
     def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

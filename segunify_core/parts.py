@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from rasterio.windows import Window
 
 from .atomic import atomic_path
 from .blending import Blender
+from .manifest import file_sha256
 from .model import SegUnifyModel
 from .outputs import creation_options, encode_probabilities, probability_storage, read_back
 from .planning import Part
@@ -72,14 +72,6 @@ def part_files(parts_dir: str | Path, part: Part) -> dict[str, Path]:
     if part.raster.probabilities:
         files["probabilities"] = Path(parts_dir) / f"{part.id}.probabilities.tif"
     return files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _PartWriter:

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
-from .assembly import Manifest, assemble
+from .assembly import assemble
 from .backbone import Backbone
 from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
 from .engines import as_client, run_parts
 from .errors import SegUnifyError
+from .manifest import Manifest, file_sha256
 from .model import SegUnifyModel, load_model, save_model
-from .parts import RunSpec, gdal_env
+from .parts import RunSpec, gdal_env, part_files
 from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
 from .raster_io import open_raster
 from .selffit import SelfFitOptions, self_fit
@@ -240,8 +241,6 @@ def _fitted_model(folder: Path, parts: Sequence[Part], backbone: Backbone, fit: 
 
 def _with_model_file(spec: RunSpec, model: SegUnifyModel, model_file, folder: Path) -> RunSpec:
     """Workers load the model from a file: the one given, or a copy in the job folder."""
-    from .parts import file_sha256
-
     path = Path(model_file) if model_file else None
     if path is None:
         path = folder / FIT_MODEL if (folder / FIT_MODEL).is_file() else folder / JOB_MODEL
@@ -257,7 +256,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     for part in parts:
         rasters[part.raster.index] = part.raster
         by_raster.setdefault(part.raster.index, []).append(part)
-    todo = [p for p in parts if not manifest.is_done(p)]
+    todo = [p for p in parts if not manifest.has(p.id, part_files(manifest.folder, p))]
     reused = len(parts) - len(todo)
     if reused:
         log.info("resuming: %d of %d parts are already done", reused, len(parts))

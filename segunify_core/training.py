@@ -19,7 +19,15 @@ import torch
 from .backbone import Backbone, create_backbone
 from .datasets import TrainingImage, training_images
 from .errors import SegUnifyError
-from .features import FeatureCache, WindowReader, build_cache, cache_key, default_cache_dir, plan_windows
+from .features import (
+    FeatureCache,
+    WindowReader,
+    build_cache,
+    build_cache_on_cluster,
+    cache_key,
+    default_cache_dir,
+    plan_windows,
+)
 from .losses import energy
 from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
 
@@ -167,8 +175,12 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
           backbone_name: str = "dino_vits8", backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
           resume: bool = False, device: str = "cpu", potsdam_split: str = "all_train",
-          on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None) -> SegUnifyModel:
-    """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata)."""
+          on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+          client: Any = None) -> SegUnifyModel:
+    """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
+
+    With a Dask `client`, the feature cache is computed on its workers (which must see the data
+    and the backbone weights at the same paths); the head trains here either way."""
     output = Path(output)
     torch_device = torch.device(device)
     if config.steps < 1 or config.batch_size < 2:
@@ -190,13 +202,17 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     windows.sort(key=lambda w: w.image)  # the reader opens each image once
     key = cache_key(images, windows, config.window, backbone, backbone_weights, config.flip, config.bands)
     folder = Path(cache_dir or default_cache_dir()) / key
-    reader = WindowReader(images, windows, config.window, config.bands)
-    try:
-        cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
-                            device=torch_device,
-                            progress=(lambda d, t: on_progress("features", d, t, {})) if on_progress else None)
-    finally:
-        reader.close()
+    cache_progress = (lambda d, t: on_progress("features", d, t, {})) if on_progress else None
+    if client is not None:
+        cache = build_cache_on_cluster(folder, client, images, windows, config.window, config.bands, backbone,
+                                       backbone_weights, config.flip, torch_device.type, cache_progress)
+    else:
+        reader = WindowReader(images, windows, config.window, config.bands)
+        try:
+            cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
+                                device=torch_device, progress=cache_progress)
+        finally:
+            reader.close()
 
     model = new_model(backbone, config, target_gsd)
     trainer = Trainer(model, cache, config)
