@@ -26,6 +26,8 @@ log = logging.getLogger("segunify")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FUSED_BATCH = 8  # windows per fused-graph call (flip averaging of the default batch of 4)
+FUSED_WARMUP_RUNS = 3  # TorchScript profiles the first runs before it runs the fused graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +239,15 @@ class _FusedGraph:
     (tokens x tokens) score matrix to fresh memory and runs a separate softmax. The fused graph
     reaches 0.84-0.93 of that rate (ViT-S/8, ViT-B/8; bench/run.py). In bfloat16 the weights are
     cast once (no autocast at run time).
-    oneDNN compiles its partitions per input shape, so smaller batches are padded to the largest
-    batch seen: a new shape costs a slow profiling run, more than the padded windows do.
+    oneDNN compiles its partitions per input shape, so windows always run in chunks of
+    `FUSED_BATCH` (the last one padded): one shape per window size, and no result depends on
+    which batches ran before (padding to the largest batch seen so far made a window's features
+    depend on the process's history, and so a part's labels on the order parts ran in). The
+    graph is warmed up at build time: TorchScript's first runs profile the unfused graph.
     """
 
     def __init__(self, graph: torch.jit.ScriptModule, dtype: torch.dtype):
-        self.graph, self.dtype, self.batch = graph, dtype, 0
+        self.graph, self.dtype = graph, dtype
 
     @staticmethod
     def build(graph_model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> _FusedGraph | None:
@@ -253,21 +258,28 @@ class _FusedGraph:
             torch.jit.enable_onednn_fusion(True)
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(graph_model, example.clone().to(dtype), check_trace=False)
-                return _FusedGraph(torch.jit.freeze(traced), dtype)
+                example = example[:1].to(dtype).expand(FUSED_BATCH, *example.shape[1:]).contiguous()
+                traced = torch.jit.trace(graph_model, example, check_trace=False)
+                fused = _FusedGraph(torch.jit.freeze(traced), dtype)
+            with torch.inference_mode():
+                for _ in range(FUSED_WARMUP_RUNS):
+                    fused.graph(example)
+            return fused
         except Exception as exc:  # TorchScript is optional: eager PyTorch gives the same features
             log.debug("no fused backbone graph (%s: %s); running eager", type(exc).__name__, exc)
             return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        self.batch = max(self.batch, b)
-        x = x.to(self.dtype)
-        if b < self.batch:
-            x = torch.cat([x, x.new_zeros((self.batch - b, *x.shape[1:]))])
+        out = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.graph(x)[:b]
+            for start in range(0, x.shape[0], FUSED_BATCH):
+                chunk = x[start:start + FUSED_BATCH].to(self.dtype)
+                n = chunk.shape[0]
+                if n < FUSED_BATCH:
+                    chunk = torch.cat([chunk, chunk.new_zeros((FUSED_BATCH - n, *chunk.shape[1:]))])
+                out.append(self.graph(chunk)[:n])
+        return torch.cat(out)
 
 
 class _FeatureGraph(nn.Module):
