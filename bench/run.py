@@ -25,6 +25,9 @@ machines do not compare across runs). Prints one JSON object per line.
    the same reason without flip averaging). Each process first segments a 640 px raster: that
    one-off start is reported as warmup_s. 2k and 4k: best of two runs; 8k: one run.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
+
+`--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
+scheduler overhead, cold start, assembly share, peak RSS per worker).
 """
 
 from __future__ import annotations
@@ -252,7 +255,14 @@ def main() -> None:
                         help="as tile-segment's --precision (auto: bf16 on CPUs with native bfloat16)")
     parser.add_argument("--scaling-backbone", default="vit_tiny_patch16_224",
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
+    parser.add_argument("--family", default="speed", choices=["speed", "scale"],
+                        help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
     args = parser.parse_args()
+    if args.family == "scale":
+        import scale
+
+        scale.run([1024, 2048, 4096] if args.quick else [4096, 8192, 16384], 2048 if args.quick else 4096)
+        return
     precision = choose_precision(args.precision, torch.device("cpu"))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

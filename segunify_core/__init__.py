@@ -17,14 +17,14 @@ _EXPORTS = {
     "SegUnifyError": "errors",
     "evaluate": "evaluation",
     "ModelConfig": "model", "SegUnifyModel": "model", "load_model": "model", "save_model": "model",
-    "SegmentOptions": "segment", "SelfFitOptions": "segment", "segment_raster": "segment",
+    "SegmentOptions": "segment", "SelfFitOptions": "segment", "segment_raster": "segment", "segment": "segment",
     "TrainConfig": "training", "train": "training",
     "vectorize": "vectorize",
 }
 
 __all__ = [
     "BACKBONES", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
-    "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "save_model", "segment_raster",
+    "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "save_model", "segment", "segment_raster",
     "train", "vectorize",
 ]
 
@@ -41,6 +41,6 @@ if TYPE_CHECKING:
     from .errors import SegUnifyError
     from .evaluation import evaluate
     from .model import ModelConfig, SegUnifyModel, load_model, save_model
-    from .segment import SegmentOptions, SelfFitOptions, segment_raster
+    from .segment import SegmentOptions, SelfFitOptions, segment, segment_raster
     from .training import TrainConfig, train
     from .vectorize import vectorize

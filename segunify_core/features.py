@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from .atomic import atomic_path
 from .backbone import Backbone
 from .datasets import TrainingImage
-from .errors import SegUnifyError, write_failure
+from .errors import SegUnifyError
 
 CACHE_FORMAT = 1
 
@@ -147,14 +148,12 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
     if need > free:
         raise SegUnifyError(f"The feature cache needs {need / 1e9:.1f} GB but '{folder.parent}' has "
                             f"{free / 1e9:.1f} GB free; lower --max-windows or pass --cache-dir.")
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SegUnifyError(f"Cannot create the feature cache in '{folder.parent}' ({exc.strerror}); pass a "
                             "writable --cache-dir.") from None
-    try:
+    with atomic_path(folder, suffix="", directory=True) as tmp:
         store = np.memmap(tmp / "features.f16", dtype=np.float16, mode="w+", shape=shape)
         offset = 0
         for shard in shards or ():
@@ -173,14 +172,6 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
         store.flush()
         del store
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise write_failure(tmp / "features.f16", exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return FeatureCache(folder)
 
 
@@ -229,7 +220,6 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                   bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str], flip: bool,
                   batch_size: int = 16) -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
-    from .atomic import atomic_path
     from .manifest import file_sha256
 
     model = _worker_backbone(*backbone)

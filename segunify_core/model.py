@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_path
 from .backbone import DEFAULT_BACKBONE, Backbone, create_backbone
 from .compressor import Compressor
 from .errors import SegUnifyError, write_failure
@@ -114,26 +113,21 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Tensors + JSON metadata, written to a temporary file beside `path` and renamed: a crash, a
-    full disk or Ctrl-C never leaves a half-written file at `path`."""
+    """Tensors + JSON metadata, written atomically: a crash, a full disk or Ctrl-C never leaves a
+    half-written file at `path`."""
     from safetensors.torch import save_file
 
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise SegUnifyError(f"Cannot write '{path.name}' to '{path.parent}' ({exc.strerror}); choose a writable "
                             "folder.") from None
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"segunify": json.dumps(meta)})
-        os.replace(tmp, path)
-    except Exception as exc:  # safetensors and the OS report a full disk in their own ways
-        Path(tmp).unlink(missing_ok=True)
-        raise write_failure(path, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={"segunify": json.dumps(meta)})
+        except (OSError, RuntimeError, ValueError) as exc:  # safetensors reports a full disk its own way
+            raise write_failure(path, exc) from None
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

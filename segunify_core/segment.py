@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class JobReport:
     precision: str
     model: SegUnifyModel
     manifest: dict[str, dict[str, str]]
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # plan, fit, run, assemble
 
     @property
     def failed(self) -> list[RasterResult]:
@@ -177,8 +179,11 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     client = as_client(client)
     device = torch.device(options.device)
     folder = Path(job_folder) if job_folder else default_job_folder(outputs)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     with gdal_env():
         parts = _plan_checked(inputs, outputs, geometry, bands, model, options)
+    seconds["plan"] = time.perf_counter() - clock
     what = {"model": _model_digest(model) if model is not None else None,
             "fit": dataclasses.asdict(fit) if model is None and fit else None,
             "backbone": backbone.spec.name if model is None and backbone else None}
@@ -190,7 +195,9 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     finished = False
     try:
         if model is None:
+            clock = time.perf_counter()
             model = _fitted_model(folder, parts, backbone, fit, device, options, progress, manifest)  # type: ignore[arg-type]
+            seconds["fit"] = time.perf_counter() - clock
         model = model.to(device).eval()
         n = model.config.n_clusters
         if n > 255:
@@ -202,6 +209,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
             spec = _with_model_file(spec, model, model_file, folder)
         report = _run_and_assemble(parts, spec, manifest, model, crf, client, options, keep_going, progress)
         report.device, report.precision = device.type, precision
+        report.seconds = {**seconds, **report.seconds}
         finished = not report.failed
         return report
     finally:
@@ -270,6 +278,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
 
     errors: dict[int, str] = {}
     computed: list[str] = []
+    clock = time.perf_counter()
     job = manifest.job
     for part, hashes, exc in run_parts(todo, spec, client, model, crf, job, windows_done):
         if exc is not None:
@@ -279,6 +288,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
             continue
         manifest.record(part.id, hashes)  # type: ignore[arg-type]
         computed.append(part.id)
+    run_s, clock = time.perf_counter() - clock, time.perf_counter()
     results = []
     for index, raster in rasters.items():
         error = errors.get(index)
@@ -293,7 +303,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
         results.append(RasterResult(raster.input, raster.output, raster.width, raster.height,
                                     len(raster.window_plan()), raster.scale, error))
     return JobReport(results, len(parts), computed, reused, model.config.n_clusters, spec.device, spec.precision,
-                     model, dict(manifest.parts))
+                     model, dict(manifest.parts), {"run": run_s, "assemble": time.perf_counter() - clock})
 
 
 def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,

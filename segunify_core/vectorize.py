@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import rasterio
 from rasterio import features
 from rasterio.windows import Window
 
+from .atomic import atomic_path
 from .errors import SegUnifyError, write_failure
 
 BLOCK = 4096
@@ -73,18 +72,9 @@ def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float
         frame["area_m2"] = frame.to_crs(frame.estimate_utm_crs()).area
     else:
         frame["area_m2"] = frame.area
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.stem}.", suffix=".partial.gpkg", dir=output_path.parent)
-    except OSError as exc:
-        raise SegUnifyError(f"Cannot write to the output folder '{output_path.parent}' ({exc.strerror}); choose a "
-                            "writable folder.") from None
-    os.close(fd)
-    try:
-        Path(tmp).unlink()
-        frame.to_file(tmp, driver="GPKG", layer="classes")
-        os.replace(tmp, output_path)
-    except (OSError, RuntimeError, ValueError) as exc:  # pyogrio reports a full disk as DataSourceError
-        raise write_failure(output_path, exc) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(output_path, empty=True) as tmp:  # GeoPackage refuses an existing file
+        try:
+            frame.to_file(tmp, driver="GPKG", layer="classes")
+        except (OSError, RuntimeError, ValueError) as exc:  # pyogrio reports a full disk as DataSourceError
+            raise write_failure(output_path, exc) from None
     return {"polygons": len(frame), "area": float(frame["area_m2"].sum()), "min_pixels": min_pixels}
