@@ -8,6 +8,7 @@ only when a cluster is asked for.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -53,7 +54,8 @@ def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_
     if cluster:
         workers = parse_cluster(cluster)
         local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, death_timeout=WORKER_TIMEOUT_S)
+                                         dashboard_address=None, death_timeout=WORKER_TIMEOUT_S,
+                                         silence_logs=logging.ERROR)
         client = distributed.Client(local, timeout=WORKER_TIMEOUT_S)
         client._segunify_owns_cluster = local  # closed with the client by close_client
         return client
