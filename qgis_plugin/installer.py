@@ -275,9 +275,8 @@ class Installer:
                 if progress:
                     fb.setProgress(progress.line(line))
             code = proc.wait()
-        except BaseException:
+        finally:
             _kill(proc)
-            raise
         if code != 0:
             tail = "\n".join((err or out)[-15:])
             if not echo and tail:
