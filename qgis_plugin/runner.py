@@ -82,7 +82,9 @@ def installed_version(python: str) -> str | None:
     importing SegUnify: a few tens of milliseconds), or None."""
     code = "import importlib.metadata as m\ntry: print(m.version('segunify'))\nexcept m.PackageNotFoundError: pass"
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=child_environment())
+        # -I: neither the current folder (a checkout holds segunify.egg-info) nor PYTHON* variables count.
+        out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60,
+                             env=child_environment())
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
