@@ -224,3 +224,33 @@ def test_headless_offline_install_then_segment(workspace, bundle, qgis_env, tiny
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     assert "Successfully installed segunify-" in up.stdout and "torch-" not in up.stdout.split("Upgrading")[-1]
 
+
+
+def test_plugin_menu_opens_install_environment(monkeypatch):
+    from qgis_plugin.plugin import MENU, SegUnifyPlugin
+
+    class Iface:
+        def __init__(self):
+            self.menu = []
+
+        def mainWindow(self):  # noqa: N802 - QGIS API
+            return None
+
+        def addPluginToMenu(self, menu, action):  # noqa: N802 - QGIS API
+            self.menu.append((menu, action))
+
+        def removePluginMenu(self, menu, action):  # noqa: N802 - QGIS API
+            self.menu.remove((menu, action))
+
+    opened = []
+    monkeypatch.setattr(SegUnifyPlugin, "initProcessing", lambda self: None)  # the provider is registered already
+    monkeypatch.setattr(SegUnifyPlugin, "open_dialog", staticmethod(opened.append))
+    iface = Iface()
+    plugin = SegUnifyPlugin(iface)
+    plugin.initGui()
+    first_menu, first = iface.menu[0]
+    assert first_menu == MENU and first.text().startswith("Install environment")
+    first.trigger()
+    assert opened == ["segunify:install_environment"]
+    plugin.unload()
+    assert iface.menu == []

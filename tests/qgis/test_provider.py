@@ -15,11 +15,12 @@ from qgis_plugin import runner
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
 
-def test_provider_has_four_algorithms():
+def test_provider_has_five_algorithms():
     provider = QgsApplication.processingRegistry().providerById("segunify")
     assert provider is not None
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segunify:check_environment", "segunify:segment", "segunify:train", "segunify:vectorize"]
+    assert ids == ["segunify:check_environment", "segunify:install_environment", "segunify:segment", "segunify:train",
+                   "segunify:vectorize"]
     for alg in provider.algorithms():
         assert len(alg.shortHelpString()) > 200, alg.id()
 
@@ -76,7 +77,7 @@ def test_check_environment_reports(set_python):
     set_python("/usr/bin/python3")  # QGIS's own Python: no SegUnify there
     missing = processing.run("segunify:check_environment", {})
     assert missing["OK"] is False
-    assert "cannot run SegUnify" in missing["REPORT"] and "pip install segunify" in missing["REPORT"]
+    assert "has no SegUnify installed" in missing["REPORT"] and "Install environment" in missing["REPORT"]
     assert "Processing > Options > Providers > SegUnify" in missing["REPORT"]
     set_python("")
     os.environ["SEGUNIFY_PYTHON"] = "/nonexistent/python"  # QGIS refuses such a path in the setting itself
