@@ -149,8 +149,15 @@ def test_screenshot_of_dialog_is_in_docs():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    assert (repo / "docs" / "segment_dialog.png").stat().st_size > 10_000
-    assert "docs/segment_dialog.png" in (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text()
+    for png in ("segment_dialog.png", "install_dialog.png"):
+        assert 10_000 < (repo / "docs" / png).stat().st_size < 200_000
+        assert f"docs/{png}" in readme
+    # The QGIS install section is three steps: the zip, Install environment, Segment.
+    steps = readme.split("### Install in three steps", 1)[1].split("![", 1)[0]
+    numbered = [line for line in steps.splitlines() if line[:3] in ("1. ", "2. ", "3. ", "4. ")]
+    assert [line[:30] for line in numbered] == ["1. **Install the zip**: *Plugi", "2. **Run Install environment**",
+                                                "3. **Run Segment raster** on a"]
 
 
 def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp_path):
