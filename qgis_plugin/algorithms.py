@@ -1,7 +1,8 @@
-"""The SegUnify Processing algorithms: segment, train, vectorize, check_environment.
+"""The SegUnify Processing algorithms: segment, train, vectorize, check_environment,
+install_environment.
 
 Each algorithm only turns its parameters into `segunify` CLI arguments; the work happens in the
-child process (see runner.py).
+child process (see runner.py). install_environment drives installer.py.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import os
 from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputBoolean,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -27,10 +29,12 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProviderRegistry,
+    QgsSettings,
 )
 from qgis.PyQt.QtGui import QIcon
 
-from . import runner
+from . import installer, runner
+from .compat import FILE_FOLDER, FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, VECTOR_POLYGON
 
 CRF_CHOICES = ["none", "auto", "pydensecrf", "torch"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
@@ -42,6 +46,7 @@ BACKBONE_HELP = ("Advanced: Backbone is dino_vits8 (default), dino_vits16, dino_
                  "dinov2_vitb14 or any timm ViT name. Backbone weights file: a local checkpoint (official DINO "
                  ".pth or timm .safetensors/.pth) for machines without internet; empty downloads the weights once.")
 
+OUTPUT_SUFFIX = "_segunify"  # Segment's default output: <input name>_segunify.tif beside the input
 _post_processors: list = []  # kept alive until QGIS has loaded the layers
 
 
@@ -75,8 +80,18 @@ def _file_path(layer, raw=None) -> str:
     return path
 
 
+def _requested_output(alg, parameters, name, context) -> str | None:
+    """The output path the user asked for, or None when left empty or set to a temporary file."""
+    raw = parameters.get(name)
+    if isinstance(raw, QgsProcessingOutputLayerDefinition):
+        raw = raw.sink.staticValue()
+    if raw is None or str(raw).strip() in ("", QgsProcessing.TEMPORARY_OUTPUT):
+        return None
+    return alg.parameterAsOutputLayer(parameters, name, context)
+
+
 def _advanced(param):
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param.setFlags(param.flags() | FLAG_ADVANCED)
     return param
 
 
@@ -147,7 +162,8 @@ class SegmentAlgorithm(_Base):
             "Number of classes: for self-fit only.\nWindow / Stride: tile size and step in pixels; windows "
             "overlap by window - stride and are blended without seams.\nCRF: refines class edges along image "
             "edges (auto uses pydensecrf if installed).\nFlip averaging: also looks at each window mirrored "
-            "(better, twice the time).\nClass raster: the output GeoTIFF. Polygons: optional GeoPackage of the "
+            "(better, twice the time).\nClass raster: the output GeoTIFF; empty writes <input name>_segunify.tif "
+            "beside the input. Polygons: optional GeoPackage of the "
             "classes, with a minimum area in square metres.\n\n" + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -157,28 +173,34 @@ class SegmentAlgorithm(_Base):
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file (empty: fit on this raster)",
                                                      extension="safetensors", optional=True))
         self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)",
-                                                       QgsProcessingParameterNumber.Integer, 5, minValue=2, maxValue=255))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", QgsProcessingParameterNumber.Integer,
+                                                       NUMBER_INTEGER, 5, minValue=2, maxValue=255))
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER,
                                                        320, minValue=32, maxValue=2048))
-        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", NUMBER_INTEGER,
                                                        256, minValue=8, maxValue=2048))
         self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=CRF_CHOICES, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean("FLIP", "Flip averaging", defaultValue=True))
         self.addParameter(_advanced(QgsProcessingParameterNumber("BATCH_SIZE", "Windows per batch",
-                                                                 QgsProcessingParameterNumber.Integer, 4, minValue=1)))
+                                                                 NUMBER_INTEGER, 4, minValue=1)))
         self.addParameter(_advanced(QgsProcessingParameterBoolean("NATIVE_RESOLUTION", "Keep native resolution "
                                                                   "(do not resample to the model's GSD)", defaultValue=False)))
         self._backbone_params()
-        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT", f"Class raster (empty: <input name>{OUTPUT_SUFFIX}.tif beside the input)", optional=True,
+            createByDefault=False))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT_VECTOR", "Polygons (optional)",
-                                                                  QgsProcessing.TypeVectorPolygon, optional=True,
+                                                                  VECTOR_POLYGON, optional=True,
                                                                   createByDefault=False))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area (m2)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         src = _file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
-        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        out = _requested_output(self, parameters, "OUTPUT", context)
+        if out is None:  # never only a temporary layer: the result lands beside the input
+            out = os.path.splitext(src)[0] + OUTPUT_SUFFIX + ".tif"
+            context.addLayerToLoadOnCompletion(out, QgsProcessingContext.LayerDetails(
+                os.path.basename(os.path.splitext(out)[0]), context.project(), "OUTPUT"))
         model = self.parameterAsFile(parameters, "MODEL", context)
         args = ["tile-segment", src, out, "--overwrite",
                 "--window", self.parameterAsInt(parameters, "WINDOW", context),
@@ -239,25 +261,25 @@ class TrainAlgorithm(_Base):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("INPUT", "Folder of orthophotos",
-                                                     behavior=QgsProcessingParameterFile.Folder))
+                                                     behavior=FILE_FOLDER))
         self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes",
-                                                       QgsProcessingParameterNumber.Integer, 5, minValue=2, maxValue=255))
-        self.addParameter(QgsProcessingParameterNumber("STEPS", "Steps", QgsProcessingParameterNumber.Integer, 3000,
+                                                       NUMBER_INTEGER, 5, minValue=2, maxValue=255))
+        self.addParameter(QgsProcessingParameterNumber("STEPS", "Steps", NUMBER_INTEGER, 3000,
                                                        minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", NUMBER_INTEGER,
                                                        32, minValue=2))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER,
                                                        224, minValue=32))
         self.addParameter(QgsProcessingParameterNumber("MAX_WINDOWS", "Maximum windows",
-                                                       QgsProcessingParameterNumber.Integer, 2000, minValue=2))
+                                                       NUMBER_INTEGER, 2000, minValue=2))
         for name, label, default in (("EXTRA_CLUSTERS", "Extra clusters", 0), ("SEED", "Random seed", 0)):
-            self.addParameter(_advanced(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
+            self.addParameter(_advanced(QgsProcessingParameterNumber(name, label, NUMBER_INTEGER,
                                                                      default, minValue=0)))
         for name, label, default in (("LR_COMPRESSOR", "Learning rate, Compressor", 1e-4),
                                      ("LR_LABELER", "Learning rate, prototypes", 5e-4),
                                      ("ALPHA", "EMA momentum alpha", 0.998), ("TEMPERATURE", "Temperature", 0.1),
                                      ("SHIFT_INTRA", "Closeness shift b1", 0.1), ("SHIFT_INTER", "Cross-image shift b2", 0.5)):
-            param = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double, default)
+            param = QgsProcessingParameterNumber(name, label, NUMBER_DOUBLE, default)
             param.setMetadata({"widget_wrapper": {"decimals": 6}})
             self.addParameter(_advanced(param))
         self._backbone_params()
@@ -296,10 +318,10 @@ class VectorizeAlgorithm(_Base):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum area (m2)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber("SIMPLIFY", "Simplify tolerance (CRS units)",
-                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
+                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Polygons", VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         src = _file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
@@ -319,8 +341,9 @@ class CheckEnvironmentAlgorithm(_Base):
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return ("Reports what the SegUnify algorithms will run with: the Python environment (from the provider "
                 "setting, the SEGUNIFY_PYTHON variable or segunify on PATH), the SegUnify and PyTorch versions, "
-                "the device (CPU or CUDA GPU), the CRF backend and whether backbone weights are already cached, "
-                "and how to fix what is missing. Takes a few seconds.")
+                "the device (CPU with or without native bfloat16, or the GPU's name and memory), the CRF backend "
+                "and whether the backbone weights are cached or will be downloaded, and how to fix what is missing. "
+                "Takes a few seconds.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addOutput(QgsProcessingOutputBoolean("OK", "Environment usable"))
@@ -333,10 +356,13 @@ class CheckEnvironmentAlgorithm(_Base):
             feedback.reportError(str(exc))
             return {"OK": False, "REPORT": str(exc)}
         cached = [name for name, ok in info.get("weights_cached", {}).items() if ok]
+        weights = ("cached" if info.get("backbone_weights") == "cached" else
+                   "to be downloaded on first use (needs internet; offline, give a Backbone weights file)")
         lines = [f"Environment: {info['origin']}", f"Python {info['python_version']}", f"SegUnify {info['segunify']}",
-                 f"PyTorch {info['torch']}", f"Device: {info['device']}", f"CRF backend: {info['crf_backend']}",
-                 "Backbone weights cached: " + (", ".join(cached) if cached else
-                                                "none (downloaded on first use; offline, pass a weights file)")]
+                 f"PyTorch {info['torch']}" + (f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else ""),
+                 f"Device: {info['device']}", f"CRF backend: {info['crf_backend']}",
+                 f"Backbone {info.get('backbone', 'dino_vits8')} weights: {weights}",
+                 "Backbone weights cached: " + (", ".join(cached) if cached else "none")]
         if info["crf_backend"] == "torch":
             lines.append("For the reference CRF install pydensecrf2 in that environment "
                          "(pip install cython==0.29.36 && pip install --no-build-isolation pydensecrf2).")
@@ -344,3 +370,76 @@ class CheckEnvironmentAlgorithm(_Base):
         for line in lines:
             feedback.pushInfo(line)
         return {"OK": True, "REPORT": report}
+
+
+class InstallEnvironmentAlgorithm(_Base):
+    MODES = ["Install (does nothing if already installed)", "Upgrade SegUnify (keeps PyTorch)"]
+
+    def name(self):
+        return "install_environment"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Install environment"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Creates SegUnify's own Python environment and sets it in Processing > Options > Providers > "
+            "SegUnify; run it once after installing the plugin. QGIS's own Python is never changed.\n\n"
+            "Environment folder: where the environment goes (any path, spaces and accents are fine; about 1 GB "
+            "with the CPU build of PyTorch, 5-6 GB with the CUDA build). The default is a per-user folder; the "
+            f"SEGUNIFY_ENV_DIR variable moves it.\nMode: Install does nothing when the folder already holds this "
+            "plugin's SegUnify; Upgrade SegUnify replaces SegUnify only (after updating the plugin).\n"
+            "Offline: a folder of wheels made by scripts/build_offline_bundle.py on a machine with internet; "
+            "nothing is then downloaded.\n\nAdvanced: Torch source: empty or auto picks the CUDA build of "
+            "PyTorch when nvidia-smi reports an NVIDIA GPU and the CPU build otherwise; cpu, registry (pip's "
+            f"configured index), an index URL (e.g. https://download.pytorch.org/whl/cu126 for older drivers) "
+            f"or a folder of wheels; the {installer.ENV_TORCH_SOURCE} variable sets the same. Base Python: the "
+            "Python the environment is made from (default: QGIS's own; on Windows the one beside QGIS or on "
+            "PATH).\n\nProxies: HTTPS_PROXY / PIP_CERT and QGIS's proxy (Settings > Options > Network) are "
+            "used. Cancel removes the unfinished environment. Takes 2-10 minutes (downloads 0.3-3 GB).")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile("TARGET", "Environment folder", behavior=FILE_FOLDER,
+                                                     defaultValue=installer.default_target()))
+        self.addParameter(QgsProcessingParameterEnum("MODE", "Mode", options=self.MODES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile("WHEELS", "Offline: folder of wheels (empty: download)",
+                                                     behavior=FILE_FOLDER, optional=True))
+        self.addParameter(_advanced(QgsProcessingParameterString("TORCH_SOURCE", "Torch source (empty: auto)",
+                                                                 defaultValue="", optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterFile("PYTHON", "Base Python (empty: QGIS's own)",
+                                                               optional=True)))
+        self.addOutput(QgsProcessingOutputString("PYTHON", "Python of the environment"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        mode = ("install", "upgrade")[self.parameterAsEnum(parameters, "MODE", context)]
+        try:
+            python = installer.Installer(
+                self.parameterAsFile(parameters, "TARGET", context), feedback, mode=mode,
+                wheels=self.parameterAsFile(parameters, "WHEELS", context),
+                torch_choice=self.parameterAsString(parameters, "TORCH_SOURCE", context),
+                base_python=self.parameterAsFile(parameters, "PYTHON", context), extra_env=_qgis_proxy()).run()
+        except runner.Cancelled:
+            raise QgsProcessingException("Cancelled; the unfinished environment was removed.") from None
+        except (installer.InstallError, runner.EnvironmentMissing) as exc:
+            raise QgsProcessingException(str(exc)) from None
+        from processing.core.ProcessingConfig import ProcessingConfig
+
+        ProcessingConfig.setSettingValue(runner.SETTING_PYTHON, python)
+        feedback.pushInfo(f"Set Processing > Options > Providers > SegUnify > Python executable to {python}")
+        return {"PYTHON": python}
+
+
+def _qgis_proxy() -> dict:
+    """QGIS's HTTP proxy (Settings > Options > Network) for pip, unless the environment sets one."""
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return {}
+    settings = QgsSettings()
+    if str(settings.value("proxy/proxyEnabled", False)).lower() not in ("true", "1"):
+        return {}
+    host, port = settings.value("proxy/proxyHost", ""), settings.value("proxy/proxyPort", "")
+    if not host or "Socks" in str(settings.value("proxy/proxyType", "")):
+        return {}
+    user, password = settings.value("proxy/proxyUser", ""), settings.value("proxy/proxyPassword", "")
+    auth = f"{user}:{password}@" if user else ""
+    url = f"http://{auth}{host}" + (f":{port}" if port else "")
+    return {"HTTPS_PROXY": url, "HTTP_PROXY": url}

@@ -29,7 +29,8 @@ class SegUnifyProvider(QgsProcessingProvider):
         ProcessingConfig.settingIcons[self.name()] = self.icon()
         ProcessingConfig.addSetting(Setting(
             self.name(), SETTING_PYTHON,
-            "Python executable of the SegUnify environment (empty: SEGUNIFY_PYTHON, then segunify on PATH)",
+            "Python executable of the SegUnify environment (set by Install environment; empty: SEGUNIFY_PYTHON, "
+            "then segunify on PATH)",
             "", valuetype=Setting.FILE))
         ProcessingConfig.readSettings()
         self.refreshAlgorithms()
@@ -41,9 +42,16 @@ class SegUnifyProvider(QgsProcessingProvider):
         ProcessingConfig.removeSetting(SETTING_PYTHON)
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
-        from .algorithms import CheckEnvironmentAlgorithm, SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm
+        from .algorithms import (
+            CheckEnvironmentAlgorithm,
+            InstallEnvironmentAlgorithm,
+            SegmentAlgorithm,
+            TrainAlgorithm,
+            VectorizeAlgorithm,
+        )
 
-        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), CheckEnvironmentAlgorithm()):
+        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), CheckEnvironmentAlgorithm(),
+                    InstallEnvironmentAlgorithm()):
             self.addAlgorithm(alg)
 
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802 - QGIS API

@@ -19,12 +19,18 @@ import time
 
 SETTING_PYTHON = "SEGUNIFY_PYTHON"
 ENV_PYTHON = "SEGUNIFY_PYTHON"
+# Temporary names of unfinished files and folders: `.<stem>.<random>.partial<suffix>`, the pattern of
+# segunify_core.atomic (which QGIS's Python cannot import: it must never load torch).
+PARTIAL_MARK = ".partial"
 # Variables QGIS sets for its own Python/GDAL/PROJ that would break a different environment.
 UNSAFE_ENV = ("PYTHONPATH", "PYTHONHOME", "QGIS_PREFIX_PATH", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB",
               "PROJ_DATA", "PYTHONSTARTUP", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_PLUGINPATH")
-FIX_HINT = ("Install SegUnify in its own Python environment (python3 -m venv ~/segunify-env && "
-            "~/segunify-env/bin/pip install segunify), then set its Python in Processing > Options > "
-            "Providers > SegUnify > Python executable, or the SEGUNIFY_PYTHON environment variable.")
+FIX_HINT = ("Run Processing Toolbox > SegUnify > Install environment (or Plugins > SegUnify > Install "
+            "environment); it creates SegUnify's own Python environment and sets it here. To use an environment "
+            "of your own, set its Python in Processing > Options > Providers > SegUnify > Python executable, or "
+            "the SEGUNIFY_PYTHON environment variable.")
+UPGRADE_HINT = ("run Install environment with Mode 'Upgrade SegUnify' (Processing Toolbox > SegUnify > Install "
+                "environment, MODE=1)")
 
 
 last_child_pid: int | None = None  # the most recent child's pid (tests check that it is gone)
@@ -58,15 +64,53 @@ def child_environment() -> dict:
     return env
 
 
+def plugin_version() -> str:
+    """This plugin's version (metadata.txt beside the package, or at the repository's top when run
+    from a checkout); the environment must hold exactly this SegUnify version."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.join(here, "metadata.txt"), os.path.join(os.path.dirname(here), "metadata.txt")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("version="):
+                        return line.split("=", 1)[1].strip()
+    raise EnvironmentMissing("The plugin's metadata.txt is missing; reinstall the SegUnify plugin.")
+
+
+def installed_version(python: str) -> str | None:
+    """The SegUnify version installed in `python`'s environment (from its package metadata, without
+    importing SegUnify: a few tens of milliseconds), or None."""
+    code = "import importlib.metadata as m\ntry: print(m.version('segunify'))\nexcept m.PackageNotFoundError: pass"
+    try:
+        # -I: neither the current folder (a checkout holds segunify.egg-info) nor PYTHON* variables count.
+        out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60,
+                             env=child_environment())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def check_version(python: str, source: str) -> None:
+    """Refuse an environment whose SegUnify is not this plugin's version."""
+    have, want = installed_version(python), plugin_version()
+    if have is None:
+        raise EnvironmentMissing(f"The Python set in the {source} ('{python}') has no SegUnify installed. {FIX_HINT}")
+    if have != want:
+        raise EnvironmentMissing(f"The SegUnify environment ({python}) has SegUnify {have} but this plugin is "
+                                 f"{want}; {UPGRADE_HINT}.")
+
+
 def find_command() -> tuple[list[str], str]:
     """The argv prefix that runs `segunify`, and where it came from: the provider setting, the
-    SEGUNIFY_PYTHON environment variable, or `segunify` on PATH, in that order."""
+    SEGUNIFY_PYTHON environment variable, or `segunify` on PATH, in that order. A Python must hold
+    this plugin's SegUnify version."""
     for source, python in (("provider setting", configured_python()),
                            ("SEGUNIFY_PYTHON", os.environ.get(ENV_PYTHON, "").strip())):
         if python:
             if not (os.path.isfile(python) and os.access(python, os.X_OK)):
                 raise EnvironmentMissing(f"The Python set in the {source} ('{python}') does not exist or is not "
                                          f"executable. {FIX_HINT}")
+            check_version(python, source)
             return [python, "-m", "segunify_cli"], f"{python} ({source})"
     exe = shutil.which("segunify")
     if exe:
@@ -93,12 +137,17 @@ def _pump(stream, tag: str, out: queue.Queue) -> None:
     out.put((tag, None))
 
 
+def partial_glob(target: str | os.PathLike) -> str:
+    """Glob pattern of the temporary names an unfinished write of `target` can leave."""
+    folder, name = os.path.split(os.fspath(target))
+    stem = os.path.splitext(name)[0]
+    return os.path.join(glob.escape(folder or "."), f".{glob.escape(stem)}.*{PARTIAL_MARK}*")
+
+
 def remove_partials(paths: list[str]) -> None:
     """Remove temporary files the CLI could not clean up (only after a hard kill)."""
     for path in paths:
-        folder, name = os.path.split(path)
-        stem = os.path.splitext(name)[0]
-        for tmp in glob.glob(os.path.join(folder or ".", f".{glob.escape(stem)}.*.partial*")):
+        for tmp in glob.glob(partial_glob(path)):
             try:
                 os.remove(tmp)
             except OSError:

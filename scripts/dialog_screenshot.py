@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Render the 'Segment raster' algorithm dialog offscreen to docs/segment_dialog.png.
+"""Render a SegUnify algorithm dialog offscreen to a PNG (default: 'Segment raster' to
+docs/segment_dialog.png).
 
-Run with Debian's QGIS Python:  QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/dialog_screenshot.py
+Run with Debian's QGIS Python:
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/dialog_screenshot.py [ALGORITHM [PNG [WIDTH HEIGHT]]]
+    e.g. scripts/dialog_screenshot.py install_environment docs/install_dialog.png 900 560
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ QgsApplication.processingRegistry().addProvider(provider)
 from processing.gui.AlgorithmDialog import AlgorithmDialog  # noqa: E402
 from qgis.PyQt.QtCore import QSize  # noqa: E402
 
-alg = QgsApplication.processingRegistry().createAlgorithmById("segunify:segment")
+args = sys.argv[1:]
+name = args[0] if args else "segment"
+out = Path(args[1]) if len(args) > 1 else REPO / "docs" / "segment_dialog.png"
+size = QSize(int(args[2]), int(args[3])) if len(args) > 3 else QSize(1000, 760)
+alg = QgsApplication.processingRegistry().createAlgorithmById(f"segunify:{name}")
 dialog = AlgorithmDialog(alg)
-dialog.resize(QSize(1000, 760))
+dialog.resize(size)
 dialog.show()
 for _ in range(20):
     app.processEvents()
-out = REPO / "docs" / "segment_dialog.png"
 out.parent.mkdir(exist_ok=True)
 dialog.grab().save(str(out))
 print(out)

@@ -17,6 +17,9 @@ if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ]; then
   # Debian's QGIS 3.22 and pytest for its own Python (the plugin tests run there).
   command -v qgis_process.bin >/dev/null || need_apt+=(qgis python3-qgis qgis-providers)
   /usr/bin/python3 -c "import pytest" 2>/dev/null || need_apt+=(python3-pytest)
+  # The plugin's Install environment makes a venv from QGIS's Python; its tests build wheels with its pip.
+  /usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+  /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -15,11 +15,12 @@ from qgis_plugin import runner
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
 
-def test_provider_has_four_algorithms():
+def test_provider_has_five_algorithms():
     provider = QgsApplication.processingRegistry().providerById("segunify")
     assert provider is not None
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segunify:check_environment", "segunify:segment", "segunify:train", "segunify:vectorize"]
+    assert ids == ["segunify:check_environment", "segunify:install_environment", "segunify:segment", "segunify:train",
+                   "segunify:vectorize"]
     for alg in provider.algorithms():
         assert len(alg.shortHelpString()) > 200, alg.id()
 
@@ -76,7 +77,7 @@ def test_check_environment_reports(set_python):
     set_python("/usr/bin/python3")  # QGIS's own Python: no SegUnify there
     missing = processing.run("segunify:check_environment", {})
     assert missing["OK"] is False
-    assert "cannot run SegUnify" in missing["REPORT"] and "pip install segunify" in missing["REPORT"]
+    assert "has no SegUnify installed" in missing["REPORT"] and "Install environment" in missing["REPORT"]
     assert "Processing > Options > Providers > SegUnify" in missing["REPORT"]
     set_python("")
     os.environ["SEGUNIFY_PYTHON"] = "/nonexistent/python"  # QGIS refuses such a path in the setting itself
@@ -148,8 +149,15 @@ def test_screenshot_of_dialog_is_in_docs():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    assert (repo / "docs" / "segment_dialog.png").stat().st_size > 10_000
-    assert "docs/segment_dialog.png" in (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text()
+    for png in ("segment_dialog.png", "install_dialog.png"):
+        assert 10_000 < (repo / "docs" / png).stat().st_size < 200_000
+        assert f"docs/{png}" in readme
+    # The QGIS install section is three steps: the zip, Install environment, Segment.
+    steps = readme.split("### Install in three steps", 1)[1].split("![", 1)[0]
+    numbered = [line for line in steps.splitlines() if line[:3] in ("1. ", "2. ", "3. ", "4. ")]
+    assert [line[:30] for line in numbered] == ["1. **Install the zip**: *Plugi", "2. **Run Install environment**",
+                                                "3. **Run Segment raster** on a"]
 
 
 def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp_path):
