@@ -30,7 +30,8 @@ from rasterio.windows import Window
 from .backbone import Backbone
 from .errors import SegUnifyError, write_failure
 from .features import FeatureCache, build_cache
-from .inference import class_colours, write_preview
+from .inference import write_preview
+from .legend import Legend, cluster_shares, write_class_style
 from .model import SegUnifyModel
 from .raster_io import RasterReader, ground_sampling_distance, open_raster
 from .tiling import Tile, WindowPlan
@@ -78,6 +79,7 @@ class SelfFitOptions:
     shift_inter: float = 0.5
     temperature: float = 0.1
     alpha: float = 0.998
+    local_sets: int = 1
     cache_dir: str | Path | None = None
 
 
@@ -113,26 +115,6 @@ def _temp_beside(path: Path, suffix: str) -> Path:
                             "writable folder.") from None
     os.close(fd)
     return Path(tmp)
-
-
-def write_qml(path: Path, n_classes: int) -> None:
-    """A QGIS style (paletted renderer) for the class raster; QGIS 3.22 shows no attribute tables."""
-    colours = class_colours(n_classes)
-    entries = "\n".join(
-        f'          <paletteEntry value="{i + 1}" label="class {i + 1}" alpha="255" '
-        f'color="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>' for i, c in enumerate(colours))
-    path.write_text(f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22" styleCategories="AllStyleCategories">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-""")
 
 
 def _output_profile(ds, n_bands: int, dtype: str, nbits: int | None = None) -> dict:
@@ -281,7 +263,7 @@ def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbon
             classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
             batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
             shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
-            alpha=fit.alpha, feature_crop=fit.feature_crop, window=source.model_window,
+            alpha=fit.alpha, local_sets=fit.local_sets, feature_crop=fit.feature_crop, window=source.model_window,
             max_windows=fit.max_windows, bands=list(reader.bands))
         model = new_model(backbone, config, ground_sampling_distance(reader.ds))
         trainer = Trainer(model, cache, config)
@@ -292,7 +274,8 @@ def self_fit(reader: RasterReader, plan: WindowPlan, source: TileSource, backbon
         model.backbone = backbone
         model.metadata = {"training": {"config": dataclasses.asdict(config), "self_fit": True,
                                        "data": {"files": [str(reader.ds.name)], "windows": len(fit_tiles),
-                                                "gsd_m": model.config.gsd}}}
+                                                "gsd_m": model.config.gsd},
+                                       "cluster_shares": cluster_shares(model, cache)}}
         index = {(t.row, t.col): k for k, t in enumerate(fit_tiles)}
         return model.eval(), index, cache, folder
     except BaseException:
@@ -367,7 +350,7 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
             model, fit_index, fit_cache, fit_folder = self_fit(reader, plan, source, backbone, fit, device,
                                                                progress, options.flip)
         model = model.to(device).eval()
-        n = model.config.n_clusters
+        n = model.n_classes
         if n > 255:
             raise SegUnifyError(f"The model has {n} clusters; a uint8 class raster holds at most 255.")
 
@@ -387,8 +370,7 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
                     prob_dst = rasterio.open(tmp_prob, "w", **_output_profile(reader.ds, n, "float32", 16))
         try:
             try:
-                dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255)
-                                                           for i, c in enumerate(class_colours(n))}})
+                dst.write_colormap(1, model.legend.colormap())
                 _label_pass(model, plan, source, options, crf, dst, prob_dst, fit_index, fit_cache, device,
                             progress)
             finally:
@@ -406,11 +388,11 @@ def _segment_raster(input_path: str | Path, output_path: str | Path, model: SegU
             os.replace(tmp_out, output_path)
             if options.probabilities:
                 os.replace(temps[1], Path(options.probabilities))
-            write_qml(output_path.with_suffix(".qml"), n)
+            write_class_style(output_path, model.legend)
         except (rasterio.errors.RasterioIOError, OSError) as exc:  # reads raise SegUnifyError instead
             raise write_failure(output_path, exc) from None
         if options.preview:
-            _preview(reader, output_path, Path(options.preview))
+            _preview(reader, output_path, Path(options.preview), model.legend)
         return SegmentReport(str(output_path), reader.width, reader.height, len(plan), n,
                              device.type, getattr(model.backbone, "precision", "fp32"), scale, model)
     finally:
@@ -427,9 +409,9 @@ def _label_pass(model: SegUnifyModel, plan: WindowPlan, source: TileSource, opti
                 device: torch.device, progress: Progress | None) -> None:
     """Windows in row-major order, in batches that run on across window rows (a batch never waits
     for a row to fill up); a window row's finished raster rows are written once its last tile is in."""
-    blender = _Blender(plan, model.config.n_clusters)
+    blender = _Blender(plan, model.n_classes)
     # rows written at a time: about 4M probabilities, which glibc serves from its reusable heap
-    strip = max(1, WRITE_STRIP_VALUES // (model.config.n_clusters * plan.width))
+    strip = max(1, WRITE_STRIP_VALUES // (model.n_classes * plan.width))
     tiles = list(plan.tiles())
     n_cols = len(plan.col_offsets)
     done_rows = 0
@@ -508,11 +490,11 @@ def _to_cog(src: Path, dst: Path) -> None:
          BIGTIFF="IF_SAFER")
 
 
-def _preview(reader: RasterReader, output: Path, path: Path, max_side: int = 1024) -> None:
+def _preview(reader: RasterReader, output: Path, path: Path, legend: Legend, max_side: int = 1024) -> None:
     scale = max(1.0, max(reader.width, reader.height) / max_side)
     shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
     rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
                              resampling=Resampling.average)
     with rasterio.open(output) as ds:
         labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-    write_preview(path, rgb, labels, valid, max_side)
+    write_preview(path, rgb, labels, valid, max_side, legend)
