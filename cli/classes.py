@@ -24,11 +24,12 @@ def _table(legend: Legend, shares: list[float | None]) -> list[dict]:
               help="Write a new model file with the edited legend (MODEL is never modified).")
 @click.option("--name", "names", multiple=True, metavar="ID=NAME", help="Name a class, e.g. --name 3=roof.")
 @click.option("--merge", "merges", multiple=True, metavar="IDS=NAME",
-              help="Merge classes into one, e.g. --merge 4,5=vegetation (their probabilities add up).")
+              help="Merge classes into one, e.g. --merge 4,5=vegetation (their probabilities add up); without "
+                   "=NAME the first listed class's name is kept.")
 @click.option("--colour", "--color", "colours", multiple=True, metavar="ID=#RRGGBB",
               help="Colour a class, e.g. --colour 3=#c0392b.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the classes as one JSON list.")
+@click.option("--json", "as_json", is_flag=True, help='Print the classes as one JSON object {"classes": [...]}.')
 @guarded
 def command(model_path, output, names, merges, colours, overwrite, as_json):
     """List a model's classes (id, name, colour, share of the training pixels), or write a copy
@@ -40,11 +41,10 @@ def command(model_path, output, names, merges, colours, overwrite, as_json):
     use the names, colours and merged classes.
     """
     meta, _ = read_model_file(model_path)
-    n_clusters = int(meta["config"]["classes"]) + int(meta["config"].get("extra_clusters", 0))
     if output is None:
         if names or merges or colours:
             raise click.UsageError("--name, --merge and --colour need -o NEW (the original model is kept).")
-        legend = Legend.from_metadata(meta.get("legend"), n_clusters)
+        legend = Legend.of_model_file(meta)
     else:
         named, merged, coloured = parse_edits(names, merges, colours)
         legend = rewrite_model_legend(model_path, output, {"names": named, "merges": merged, "colours": coloured},
@@ -52,7 +52,7 @@ def command(model_path, output, names, merges, colours, overwrite, as_json):
     shares = legend.shares((meta.get("training") or {}).get("cluster_shares"))
     rows = _table(legend, shares)
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(json.dumps({"classes": rows}))
         return
     if output is not None:
         click.echo(f"wrote {output}:", err=True)

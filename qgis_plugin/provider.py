@@ -41,9 +41,16 @@ class SegUnifyProvider(QgsProcessingProvider):
         ProcessingConfig.removeSetting(SETTING_PYTHON)
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
-        from .algorithms import CheckEnvironmentAlgorithm, SegmentAlgorithm, TrainAlgorithm, VectorizeAlgorithm
+        from .algorithms import (
+            CheckEnvironmentAlgorithm,
+            ClassesAlgorithm,
+            SegmentAlgorithm,
+            TrainAlgorithm,
+            VectorizeAlgorithm,
+        )
 
-        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), CheckEnvironmentAlgorithm()):
+        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), ClassesAlgorithm(),
+                    CheckEnvironmentAlgorithm()):
             self.addAlgorithm(alg)
 
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802 - QGIS API

@@ -7,7 +7,9 @@ a merged class's probability is the sum of its clusters' probabilities.
 Numbering: classes are numbered 1..K' in the order of their lowest cluster. A merged class
 takes the place of its lowest member and the classes after it move up: merging 4 and 5 of six
 classes gives 1, 2, 3, 4 (= 4 + 5), 5 (the former 6). Ids given to `Legend.edit` are always
-the ids of the legend being edited (what `segunify classes MODEL` prints).
+the ids of the legend being edited (what `segunify classes MODEL` prints). A merged class is
+named as its merge says; without a name, and for its colour unless one is given, it keeps the
+name and colour of the first class listed in the merge.
 
 The legend lives in the model file's JSON metadata under "legend"; a model without one has the
 default legend ("class i", the palette of `class_colours`) and labels exactly as before.
@@ -103,6 +105,12 @@ class Legend:
                                 "NEW` from a copy of the original model.") from None
         return legend
 
+    @classmethod
+    def of_model_file(cls, meta: dict[str, Any]) -> Legend:
+        """The legend of a model file from its whole metadata (`read_model_file`)."""
+        config = meta["config"]
+        return cls.from_metadata(meta.get("legend"), int(config["classes"]) + int(config.get("extra_clusters", 0)))
+
     def to_metadata(self) -> dict[str, Any] | None:
         """JSON for the model file, or None for the default legend (the file stays as before)."""
         if self == Legend.default(self.n_clusters):
@@ -185,7 +193,7 @@ class Legend:
             if i not in group_of:
                 new.append(LegendClass(names.get(i, c.name), parsed.get(i, c.colour), c.clusters))
         for ids, name in merges:
-            members = sorted(set(ids))
+            members = list(dict.fromkeys(ids))  # the first listed class lends its name and colour
             first = self.classes[members[0] - 1]
             colour = next((parsed[i] for i in members if i in parsed), first.colour)
             clusters = tuple(sorted(k for i in members for k in self.classes[i - 1].clusters))
@@ -362,8 +370,7 @@ def rewrite_model_legend(source: str | Path, target: str | Path, edit: dict[str,
     if target.exists() and not overwrite:
         raise SegUnifyError(f"Output '{target}' already exists; pass --overwrite to replace it.")
     meta, tensors = read_model_file(source)
-    n_clusters = int(meta["config"]["classes"]) + int(meta["config"].get("extra_clusters", 0))
-    legend = Legend.from_metadata(meta.get("legend"), n_clusters).edit(**edit)
+    legend = Legend.of_model_file(meta).edit(**edit)
     meta = {k: v for k, v in meta.items() if k != "legend"}
     stored = legend.to_metadata()
     if stored is not None:

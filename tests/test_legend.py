@@ -96,7 +96,7 @@ def test_classes_command_lists_and_writes_a_new_model(tiny_model, tmp_path):
     run = subprocess.run(CLI + ["classes", str(tiny_model), "-o", str(new), "--merge", "2,3=land", "--name", "1=water",
                                 "--colour", "1=#0000ff", "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    rows = json.loads(run.stdout)
+    rows = json.loads(run.stdout)["classes"]
     assert [(r["id"], r["name"], r["colour"], r["clusters"]) for r in rows] == [
         (1, "water", "#0000ff", [1]), (2, "land", "#377eb8", [2, 3])]
     assert rows[1]["share"] == pytest.approx((shares[1] + shares[2]) / 100, abs=0.002)
