@@ -143,7 +143,8 @@ class SegmentAlgorithm(_Base):
             "0 = nodata) on exactly the input's grid, styled with one colour per class.\n\n"
             "Input raster: a file-backed raster layer (GeoTIFF, JPEG, PNG, ...); alpha, nodata and masks are "
             "honoured.\nBands: three bands to use as RGB, or one band (used as grey); empty = the first three.\n"
-            "Model file: a model from 'Train model' (labels then mean the same thing in every raster). Empty: "
+            "Model file: a model from 'Train model' (labels then mean the same thing in every raster; names and "
+            "colours set with 'Name and merge classes' label the layer). Empty: "
             "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
             "Number of classes: for self-fit only.\nWindow / Stride: tile size and step in pixels; windows "
             "overlap by window - stride and are blended without seams.\nCRF: refines class edges along image "
@@ -289,8 +290,8 @@ class VectorizeAlgorithm(_Base):
 
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
-                "neighbours (sieve), then each region becomes a polygon with its class id and area in square "
-                "metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
+                "neighbours (sieve), then each region becomes a polygon with its class id, class name and area in "
+                "square metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
                 "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify: "
                 "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
 

@@ -194,9 +194,8 @@ def test_class_table_becomes_cli_arguments():
 def test_qgis_process_name_and_merge_then_segment(plugin_dir, samples, tiny_weights, tmp_path):
     """A self-fitted 6-cluster model merged to 4 named classes through qgis_process.bin; the segmented
     layer and the polygons carry the names."""
-    from qgis.core import QgsVectorLayer
-
     from conftest import VENV_PYTHON
+    from qgis.core import QgsVectorLayer
 
     src = samples / "rasterio/cogeo.tif"
     six = tmp_path / "six.safetensors"
