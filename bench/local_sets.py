@@ -8,7 +8,11 @@ random-weight ViT-Ti/16 (32 windows of 224 px), then labels the whole scene (fli
 averaging, no CRF); recovery is the Hungarian mIoU against the scene's true regions. Printed:
 one JSON line per run, then per M the mean mIoU over all runs, the spread across seeds (the
 standard deviation over seeds of each scene, averaged over scenes), the worst run, and the
-median time per training step. Training runs on the CPU, as `segunify train` does.
+median time per training step of those runs. On a shared machine those times drift with the load,
+so the cost is also measured paired: the M trainers (cached features of the same shape, batch 8)
+take turns for several rounds of a few steps each, and the figure is the median per-step time of
+each M and its ratio to M = 1 (`--cost-only` runs just this part).
+Training runs on the CPU, as `segunify train` does.
 """
 
 from __future__ import annotations
@@ -50,6 +54,37 @@ def run_once(scene: Path, image, labels, backbone, sets: int, seed: int, steps: 
     return scores.miou, per_step
 
 
+def paired_cost(sets_list: list[int], batch: int, rounds: int = 7, steps: int = 5) -> dict[int, float]:
+    """Median seconds per training step of each M, the trainers taking turns round by round."""
+    import json
+
+    import numpy as np
+
+    from segunify_core.features import FeatureCache
+    from segunify_core.model import ModelConfig, SegUnifyModel
+    from segunify_core.training import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shape = (32, 2, 192, 14, 14)  # ViT-Ti/16 features of 32 windows of 224 px and their flips
+        np.random.default_rng(0).standard_normal(shape).astype(np.float16).tofile(folder / "features.f16")
+        (folder / "meta.json").write_text(json.dumps({"shape": list(shape)}))
+        cache = FeatureCache(folder)
+        trainers = {}
+        for m in sets_list:
+            config = TrainConfig(classes=3, steps=rounds * steps + 1, batch_size=batch, local_sets=m)
+            trainers[m] = Trainer(SegUnifyModel(ModelConfig(classes=3, feature_width=192, local_sets=m)), cache, config)
+            trainers[m].train_step()  # warm-up
+        times: dict[int, list[float]] = {m: [] for m in sets_list}
+        for _ in range(rounds):
+            for m, trainer in trainers.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step()
+                times[m].append((time.perf_counter() - start) / steps)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenes", type=int, default=5)
@@ -58,9 +93,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--cost-only", action="store_true", help="Only the paired per-step cost.")
     args = parser.parse_args()
     sets_list = [int(s) for s in args.sets.split(",")]
+    if not args.cost_only:
+        recovery(args, sets_list)
+    cost = paired_cost(sets_list, args.batch_size)
+    for m in sets_list:
+        report("local_sets_step_cost", 1000 * cost[m], "ms", sets=m, ratio_to_one_set=round(cost[m] / cost[sets_list[0]], 3))
 
+
+def recovery(args, sets_list: list[int]) -> None:
     from tests.conftest import make_blobs, write_geotiff
 
     results: dict[int, dict[int, list[float]]] = {m: {} for m in sets_list}
