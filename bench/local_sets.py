@@ -1,10 +1,12 @@
 """Several local prototype sets (`--local-sets M`): recovery and cost against the single set.
 
-    python bench/local_sets.py [--scenes 5] [--seeds 5] [--sets 1,2,4] [--steps 100] [--batch-size 8]
+    python bench/local_sets.py [--scenes 5] [--seeds 5] [--sets 1,2,4] [--steps 60] [--batch-size 8]
 
 Each scene is a generated raster of Voronoi regions in three distinct colours (384 px, a new
-layout per scene). For every scene, seed and M a 3-class model is trained on the scene with a
-random-weight ViT-Ti/16 (32 windows of 224 px), then labels the whole scene (flip
+layout per scene). The features of 24 random 224 px windows of a scene (and their flips) from a
+random-weight ViT-Ti/16 are cached once; for every seed and M a 3-class model is trained on them
+(the seed sets initialisation, batches and dropout; 60 steps of batch 8 at the published learning
+rates and EMA), then labels the whole scene (flip
 averaging, no CRF); recovery is the Hungarian mIoU against the scene's true regions. Printed:
 one JSON line per run, then per M the mean mIoU over all runs, the spread across seeds (the
 standard deviation over seeds of each scene, averaged over scenes), the worst run, and the
@@ -12,7 +14,8 @@ median time per training step of those runs. On a shared machine those times dri
 so the cost is also measured paired: the M trainers (cached features of the same shape, batch 8)
 take turns for several rounds of a few steps each, and the figure is the median per-step time of
 each M and its ratio to M = 1 (`--cost-only` runs just this part).
-Training runs on the CPU, as `segunify train` does.
+Training runs on the CPU, as `segunify train` does. On a CPU shared with other jobs, run it with
+OMP_NUM_THREADS=1 (one thread per process spins less than two fighting for busy cores).
 """
 
 from __future__ import annotations
@@ -29,29 +32,40 @@ from common import random_checkpoint, report
 from segunify_core.backbone import create_backbone
 from segunify_core.inference import predict_labels
 from segunify_core.metrics import confusion_matrix, hungarian_scores
-from segunify_core.training import TrainConfig, train
+from segunify_core.training import TrainConfig, Trainer, new_model
 
 BACKBONE = "vit_tiny_patch16_224"
+WINDOW = 224
 
 
-def run_once(scene: Path, image, labels, backbone, sets: int, seed: int, steps: int, batch: int, folder: Path):
+def scene_cache(scene: Path, size: int, backbone, folder: Path, windows: int):
+    """Features of `windows` random 224 px windows of the scene and their flips, computed once."""
+    from segunify_core.datasets import training_images
+    from segunify_core.features import WindowReader, build_cache, plan_windows
+
+    images = training_images([scene])
+    plan = plan_windows([(size, size)], [1.0], WINDOW, windows, seed=0)
+    reader = WindowReader(images, plan, WINDOW, None)
+    try:
+        return build_cache(folder, len(plan), reader, WINDOW, backbone, True)
+    finally:
+        reader.close()
+
+
+def run_once(cache, image, labels, backbone, sets: int, seed: int, steps: int, batch: int):
+    """Train a 3-class model (seed: initialisation, batches, dropout) and score its labelling."""
     import torch
 
-    times: list[float] = []
-
-    def progress(phase, done, total, stats):
-        if phase == "train":
-            times.append(time.perf_counter())
-
-    config = TrainConfig(classes=3, steps=steps, batch_size=batch, max_windows=32, window=224, seed=seed,
-                         local_sets=sets)
-    model = train([scene], folder / f"m{sets}_{seed}.safetensors", config, backbone=backbone,
-                  cache_dir=folder / "cache", on_progress=progress)
+    config = TrainConfig(classes=3, steps=steps, batch_size=batch, window=WINDOW, seed=seed, local_sets=sets)
+    model = new_model(backbone, config, None)
+    trainer = Trainer(model, cache, config)
+    start = time.perf_counter()
+    while trainer.step < config.steps:
+        trainer.train_step()
+    per_step = (time.perf_counter() - start) / steps
     model.backbone = backbone
     pred = predict_labels(model.eval(), torch.from_numpy(image[None].astype("float32")))[0].numpy()
-    scores = hungarian_scores(confusion_matrix(pred, labels, 3, 3))
-    per_step = (times[-1] - times[0]) / max(1, len(times) - 1)
-    return scores.miou, per_step
+    return hungarian_scores(confusion_matrix(pred, labels, 3, 3)).miou, per_step
 
 
 def paired_cost(sets_list: list[int], batch: int, rounds: int = 7, steps: int = 5) -> dict[int, float]:
@@ -90,7 +104,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sets", default="1,2,4")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--windows", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--cost-only", action="store_true", help="Only the paired per-step cost.")
@@ -114,9 +129,10 @@ def recovery(args, sets_list: list[int]) -> None:
         for scene_id in range(args.scenes):
             image, labels = make_blobs(args.size, args.size, seed=100 + scene_id, cells=16)
             scene = write_geotiff(tmp / f"scene{scene_id}.tif", image)
+            cache = scene_cache(scene, args.size, backbone, tmp / f"cache{scene_id}", args.windows)
             for seed in range(args.seeds):
                 for m in sets_list:
-                    miou, per_step = run_once(scene, image, labels, backbone, m, seed, args.steps, args.batch_size, tmp)
+                    miou, per_step = run_once(cache, image, labels, backbone, m, seed, args.steps, args.batch_size)
                     results[m].setdefault(scene_id, []).append(miou)
                     costs[m].append(per_step)
                     report("local_sets_run", miou, "mIoU", sets=m, scene=scene_id, seed=seed,
