@@ -63,7 +63,8 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
     click.echo("confusion matrix (rows: clusters, columns: classes):")
     for r, row in enumerate(scores.confusion_matrix):
         mapped = scores.assignment.get(r)
-        click.echo(f"  cluster {r:>2} -> {('class ' + str(mapped)) if mapped is not None else 'unmatched'}: "
+        click.echo(f"  cluster {r:>2} ({model.legend.names[r]}) -> "
+                   f"{('class ' + str(mapped)) if mapped is not None else 'unmatched'}: "
                    + " ".join(f"{v:>10d}" for v in row))
     if scores.unmatched_clusters:
         click.echo(f"unmatched clusters {scores.unmatched_clusters}: their pixels count as errors.")

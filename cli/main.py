@@ -1,10 +1,10 @@
-"""`segunify`: train, tile-segment, evaluate, vectorize, batch, backbones."""
+"""`segunify`: train, tile-segment, evaluate, vectorize, classes, batch, backbones."""
 
 from __future__ import annotations
 
 import click
 
-from . import backbones, batch, check, evaluate, tile_segment, train, vectorize
+from . import backbones, batch, check, classes, evaluate, tile_segment, train, vectorize
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ def cli(ctx: click.Context, debug: bool, progress: str) -> None:
     ctx.obj.update(debug=debug, progress=progress)
 
 
-for module in (train, tile_segment, evaluate, vectorize, batch, backbones, check):
+for module in (train, tile_segment, evaluate, vectorize, classes, batch, backbones, check):
     cli.add_command(module.command)
 
 

@@ -36,6 +36,8 @@ F = SelfFitOptions(classes=0)
 @click.option("--model", "model_path", type=click.Path(), default=None, help="Model file from `segunify train`.")
 @click.option("--classes", type=int, default=None, help="Without --model: fit K classes on the input itself.")
 @click.option("--extra-clusters", default=0, show_default=True, help="Self-fit: prototypes beyond K.")
+@click.option("--local-sets", default=F.local_sets, show_default=True, type=click.IntRange(min=1),
+              help="Self-fit: local prototype sets learning against the one global set.")
 @click.option("--fit-steps", default=F.steps, show_default=True, help="Self-fit: training steps.")
 @click.option("--fit-windows", default=F.max_windows, show_default=True, help="Self-fit: windows sampled from the input.")
 @click.option("--shift-intra", default=F.shift_intra, show_default=True, help="Self-fit: closeness shift b1.")
@@ -66,7 +68,7 @@ F = SelfFitOptions(classes=0)
 @quiet_option
 @click.pass_context
 @guarded
-def command(ctx, input_path, output_path, model_path, classes, extra_clusters, fit_steps, fit_windows,
+def command(ctx, input_path, output_path, model_path, classes, extra_clusters, local_sets, fit_steps, fit_windows,
             shift_intra, shift_inter, seed, save_model_path, window, stride, batch_size, native_resolution,
             probabilities, probabilities_dtype, cog, preview, overwrite, resume, block, cluster, scheduler,
             scheduler_file, bands, crf, flip, backbone, backbone_weights, device, precision, quiet):
@@ -84,7 +86,8 @@ def command(ctx, input_path, output_path, model_path, classes, extra_clusters, f
     fit = None
     if model is None:
         fit = SelfFitOptions(classes=classes, extra_clusters=extra_clusters, steps=fit_steps,
-                             max_windows=fit_windows, shift_intra=shift_intra, shift_inter=shift_inter, seed=seed)
+                             max_windows=fit_windows, shift_intra=shift_intra, shift_inter=shift_inter, seed=seed,
+                             local_sets=local_sets)
     options = SegmentOptions(window=window, stride=stride, batch_size=batch_size, flip=flip,
                              native_resolution=native_resolution, bands=parse_bands(bands),
                              probabilities=probabilities, probabilities_dtype=probabilities_dtype, cog=cog,

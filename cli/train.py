@@ -32,6 +32,8 @@ D = TrainConfig()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
 @click.option("--classes", default=D.classes, show_default=True, help="Number of classes K.")
 @click.option("--extra-clusters", default=D.extra_clusters, show_default=True, help="Prototypes beyond K.")
+@click.option("--local-sets", default=D.local_sets, show_default=True, type=click.IntRange(min=1),
+              help="Local (student) prototype sets learning against the one global set; 1 is the published model.")
 @click.option("--window", default=D.window, show_default=True, help="Training window size in px.")
 @click.option("--steps", default=D.steps, show_default=True)
 @click.option("--batch-size", default=D.batch_size, show_default=True)
@@ -69,7 +71,7 @@ D = TrainConfig()
 @quiet_option
 @click.pass_context
 @guarded
-def command(ctx, data, output, classes, extra_clusters, window, steps, batch_size, lr_compressor, lr_labeler,
+def command(ctx, data, output, classes, extra_clusters, local_sets, window, steps, batch_size, lr_compressor, lr_labeler,
             weight_decay, alpha, temperature, shift_intra, shift_inter, code_dim, dropout, nonlinear,
             outer_silu, no_pointwise, seed, max_windows, five_crop, crop_ratio, no_flip, checkpoint_every,
             resume, gsd, split, cache_dir, cluster, scheduler, scheduler_file, bands, backbone, backbone_weights, device, precision, quiet):
@@ -82,7 +84,8 @@ def command(ctx, data, output, classes, extra_clusters, window, steps, batch_siz
         temperature=temperature, shift_intra=shift_intra, shift_inter=shift_inter, pointwise=not no_pointwise,
         code_dim=code_dim, dropout=dropout, nonlinear=nonlinear, outer_silu=outer_silu, seed=seed,
         max_windows=max_windows, five_crop=five_crop, crop_ratio=crop_ratio, flip=not no_flip,
-        checkpoint_every=checkpoint_every, bands=list(parsed) if parsed else None, gsd=gsd)
+        checkpoint_every=checkpoint_every, bands=list(parsed) if parsed else None, gsd=gsd,
+        local_sets=local_sets)
     _, bb, dev = prepare(None, backbone, backbone_weights, device, precision, quiet)
     if not quiet:
         click.echo("configuration: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), err=True)

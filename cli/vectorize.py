@@ -18,7 +18,7 @@ from .options import guarded, quiet_option
 @quiet_option
 @guarded
 def command(classes, output, min_area, simplify, overwrite, quiet):
-    """Polygonise a class raster into a GeoPackage (class_id and area_m2 per polygon)."""
+    """Polygonise a class raster into a GeoPackage (class_id, class_name and area_m2 per polygon)."""
     stats = vectorize(classes, output, min_area, simplify, overwrite)
     if not quiet:
         click.echo(f"wrote {output}: {stats['polygons']} polygons, {stats['area']:.1f} m2", err=True)

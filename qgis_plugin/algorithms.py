@@ -1,4 +1,4 @@
-"""The SegUnify Processing algorithms: segment, train, vectorize, check_environment,
+"""The SegUnify Processing algorithms: segment, train, vectorize, classes, check_environment,
 install_environment.
 
 Each algorithm only turns its parameters into `segunify` CLI arguments; the work happens in the
@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMatrix,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -157,7 +158,8 @@ class SegmentAlgorithm(_Base):
             "0 = nodata) on exactly the input's grid, styled with one colour per class.\n\n"
             "Input raster: a file-backed raster layer (GeoTIFF, JPEG, PNG, ...); alpha, nodata and masks are "
             "honoured.\nBands: three bands to use as RGB, or one band (used as grey); empty = the first three.\n"
-            "Model file: a model from 'Train model' (labels then mean the same thing in every raster). Empty: "
+            "Model file: a model from 'Train model' (labels then mean the same thing in every raster; names and "
+            "colours set with 'Name and merge classes' label the layer). Empty: "
             "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
             "Number of classes: for self-fit only.\nWindow / Stride: tile size and step in pixels; windows "
             "overlap by window - stride and are blended without seams.\nCRF: refines class edges along image "
@@ -310,8 +312,8 @@ class VectorizeAlgorithm(_Base):
 
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
-                "neighbours (sieve), then each region becomes a polygon with its class id and area in square "
-                "metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
+                "neighbours (sieve), then each region becomes a polygon with its class id, class name and area in "
+                "square metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
                 "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify: "
                 "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
 
@@ -329,6 +331,104 @@ class VectorizeAlgorithm(_Base):
         self._run(["vectorize", src, out, "--overwrite", "--min-area", self.parameterAsDouble(parameters, "MIN_AREA", context),
                    "--simplify", self.parameterAsDouble(parameters, "SIMPLIFY", context)], feedback, {}, [out])
         return {"OUTPUT": out}
+
+
+TABLE_HEADERS = ["id", "name", "colour", "merge into"]
+
+
+def _class_id(text: str) -> int:
+    """A class id from a table cell (QGIS hands numbers over as '3' or '3.0')."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 1 or not value.is_integer():
+        raise QgsProcessingException(f"Class ids in the table must be whole numbers from 1 (got '{text}'); use the "
+                                     "ids of the class raster.")
+    return int(value)
+
+
+def legend_arguments(table) -> list[str]:
+    """The CLI's --name/--colour/--merge arguments for the rows (id, name, colour, merge into) of the
+    table parameter; a row that merges into another class lends it its pixels, the target row's name
+    and colour are the merged class's."""
+    cells = ["" if v is None else str(v).strip() for v in (table or [])]
+    if len(cells) % len(TABLE_HEADERS):
+        raise QgsProcessingException(f"The class table needs {len(TABLE_HEADERS)} columns per row "
+                                     f"({', '.join(TABLE_HEADERS)}); fill in or remove the incomplete row.")
+    rows = [cells[i:i + len(TABLE_HEADERS)] for i in range(0, len(cells), len(TABLE_HEADERS))]
+    parsed, into = [], {}
+    for row_id, name, colour, target in rows:
+        if not row_id and not (name or colour or target):
+            continue  # an empty row
+        number, target_number = _class_id(row_id), _class_id(target) if target else None
+        parsed.append((number, name, colour, target_number))
+        if target_number is not None and target_number != number:
+            into.setdefault(target_number, [target_number]).append(number)
+    merged = {i for members in into.values() for i in members[1:]}
+    args = []
+    for row_id, name, colour, _ in parsed:
+        if row_id in into and row_id in merged:
+            raise QgsProcessingException(f"Class {row_id} is merged into another class and has classes merged "
+                                         "into it; merge all of them into one class.")
+        if row_id in merged:
+            if name:
+                raise QgsProcessingException(f"Class {row_id} is merged into another class, so it keeps no name "
+                                             f"of its own; name the class it merges into instead.")
+        elif name and row_id not in into:
+            args += ["--name", f"{row_id}={name}"]
+        if colour:
+            args += ["--colour", f"{row_id}={colour}"]
+    names = {row_id: name for row_id, name, _, _ in parsed}
+    for target, members in into.items():
+        label = names.get(target, "")
+        args += ["--merge", ",".join(map(str, members)) + (f"={label}" if label else "")]
+    return args
+
+
+class ClassesAlgorithm(_Base):
+    def name(self):
+        return "classes"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Name and merge classes"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Turns a model's numbered clusters into a map legend: gives classes names and colours and merges "
+            "several clusters into one class, and writes a new model file (the original is kept). Everything "
+            "segmented with the new model carries the legend: the class raster's colours and category names, the "
+            "layer's style in QGIS, the polygons' class_name and the preview.\n\n"
+            "Model file: a model from 'Train model' or saved by 'Segment raster'.\n"
+            "Classes table: one row per class to change. id: the class number (as in the class raster). name: the "
+            "new name (empty keeps it). colour: a hex colour such as #c0392b (empty keeps it). merge into: the id of "
+            "another class this one becomes part of; their probabilities add up and the merged class takes the "
+            "name and colour of the class merged into.\n"
+            "After merging, classes are numbered 1, 2, ... in their original order: a merged class takes the place "
+            "of its lowest id. Classes not in the table stay as they are.\n\nSpeed: instant (no image is read).")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
+        self.addParameter(QgsProcessingParameterMatrix("TABLE", "Classes", numberRows=1, hasFixedNumberRows=False,
+                                                       headers=TABLE_HEADERS))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "New model file",
+                                                                "SegUnify model (*.safetensors)"))
+        self.addOutput(QgsProcessingOutputString("LEGEND", "Classes of the new model (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        import json
+
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not out.endswith(".safetensors"):
+            out += ".safetensors"
+        args = legend_arguments(self.parameterAsMatrix(parameters, "TABLE", context))
+        events = self._run(["classes", model, "-o", out, "--overwrite", "--json", *args], feedback, {}, [out])
+        legend = next((e["classes"] for e in events if "classes" in e), [])
+        for row in legend:
+            feedback.pushInfo(f"{row['id']}: {row['name']} {row['colour']} (clusters "
+                              f"{','.join(map(str, row['clusters']))})")
+        return {"OUTPUT": out, "LEGEND": json.dumps(legend)}
 
 
 class CheckEnvironmentAlgorithm(_Base):

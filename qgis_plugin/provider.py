@@ -44,14 +44,15 @@ class SegUnifyProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         from .algorithms import (
             CheckEnvironmentAlgorithm,
+            ClassesAlgorithm,
             InstallEnvironmentAlgorithm,
             SegmentAlgorithm,
             TrainAlgorithm,
             VectorizeAlgorithm,
         )
 
-        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), CheckEnvironmentAlgorithm(),
-                    InstallEnvironmentAlgorithm()):
+        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), ClassesAlgorithm(),
+                    CheckEnvironmentAlgorithm(), InstallEnvironmentAlgorithm()):
             self.addAlgorithm(alg)
 
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802 - QGIS API

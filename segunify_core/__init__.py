@@ -16,6 +16,7 @@ _EXPORTS = {
     "make_crf": "crf",
     "SegUnifyError": "errors",
     "evaluate": "evaluation",
+    "Legend": "legend", "rewrite_model_legend": "legend",
     "ModelConfig": "model", "SegUnifyModel": "model", "load_model": "model", "save_model": "model",
     "SegmentOptions": "segment", "SelfFitOptions": "segment", "segment_raster": "segment", "segment": "segment",
     "TrainConfig": "training", "train": "training",
@@ -23,9 +24,9 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "BACKBONES", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
-    "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "save_model", "segment", "segment_raster",
-    "train", "vectorize",
+    "BACKBONES", "Legend", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
+    "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "rewrite_model_legend", "save_model",
+    "segment", "segment_raster", "train", "vectorize",
 ]
 
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .crf import make_crf
     from .errors import SegUnifyError
     from .evaluation import evaluate
+    from .legend import Legend, rewrite_model_legend
     from .model import ModelConfig, SegUnifyModel, load_model, save_model
     from .segment import SegmentOptions, SelfFitOptions, segment, segment_raster
     from .training import TrainConfig, train

@@ -11,14 +11,15 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from .atomic import atomic_path
-from .outputs import colour_map, copy_raster, probability_storage, write_preview_png, write_qml
+from .legend import Legend, write_class_style
+from .outputs import copy_raster, probability_storage, write_preview_png
 from .parts import part_files
 from .planning import Part, RasterJob
 from .raster_io import RasterReader
 
 
 def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, bands: int, dtype: str,
-            crs_wkt: str | None, transform: tuple[float, ...] | None, n_clusters: int) -> str:
+            crs_wkt: str | None, transform: tuple[float, ...] | None, legend: Legend) -> str:
     """A VRT mosaic of the parts' files on the input's grid. Written by hand: rasterio has no
     BuildVRT, and the mosaic is a plain list of pixel-aligned sources."""
     gdal_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
@@ -33,7 +34,7 @@ def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, b
         if kind == "labels":
             body.append("    <NoDataValue>0</NoDataValue>\n    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
             body.extend(f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>'
-                        for _, (r, g, b, a) in sorted(colour_map(n_clusters).items()))
+                        for _, (r, g, b, a) in sorted(legend.colormap().items()))
             body.append("    </ColorTable>")
         for part in parts:
             name = part_files(folder, part)[kind].name
@@ -47,9 +48,10 @@ def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, b
     return "\n".join([*head, *body, "</VRTDataset>"]) + "\n"
 
 
-def assemble(raster: RasterJob, parts: Sequence[Part], folder: Path, n_clusters: int, cog: bool = False,
+def assemble(raster: RasterJob, parts: Sequence[Part], folder: Path, legend: Legend, cog: bool = False,
              probabilities_dtype: str = "float16", preview: str | Path | None = None) -> None:
-    """Build the raster's outputs from its recorded parts: class raster (+ QML), probabilities, preview."""
+    """Build the raster's outputs from its recorded parts: class raster (+ its legend: QML and GDAL
+    category names), probabilities, preview."""
     with RasterReader.open(raster.input, raster.bands, raster.stats) as reader:
         ds = reader.ds
         crs = ds.crs.to_wkt() if ds.crs else None
@@ -57,11 +59,11 @@ def assemble(raster: RasterJob, parts: Sequence[Part], folder: Path, n_clusters:
         outputs = [("labels", Path(raster.output), 1, "uint8", None)]
         if raster.probabilities:
             dtype, nbits = probability_storage(probabilities_dtype)
-            outputs.append(("probabilities", Path(raster.probabilities), n_clusters, dtype, nbits))
+            outputs.append(("probabilities", Path(raster.probabilities), legend.n_classes, dtype, nbits))
         for kind, target, bands, dtype, nbits in outputs:
             with atomic_path(folder / f"{raster.index:05d}.{kind}.vrt") as vrt:
-                vrt.write_text(vrt_xml(raster, parts, folder, kind, bands, dtype, crs, transform, n_clusters))
+                vrt.write_text(vrt_xml(raster, parts, folder, kind, bands, dtype, crs, transform, legend))
                 copy_raster(vrt, target, cog, nbits)
-        write_qml(Path(raster.output).with_suffix(".qml"), n_clusters)
+        write_class_style(raster.output, legend)
         if preview:
-            write_preview_png(reader, Path(raster.output), Path(preview))
+            write_preview_png(reader, Path(raster.output), Path(preview), legend)

@@ -55,7 +55,7 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = "test", resolu
     else:
         raise SegUnifyError(f"'{data}' is neither a Potsdam folder (imgs/, gt/, split lists) nor a "
                             "folder with images/ and labels/; point evaluate at one of those.")
-    n_clusters = model.config.n_clusters
+    n_clusters = model.n_classes  # the legend's classes: merged clusters are scored as one
     confusion = np.zeros((n_clusters, n_classes), np.int64)
     model = model.to(device).eval()
     count = 0

@@ -79,8 +79,14 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
 
 
 def data_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student logits (no temperature) against the teacher's argmax."""
+    """Cross-entropy of the student logits (no temperature) against the teacher's argmax.
+
+    Student logits of M local sets come stacked along the batch axis (M * B, K, h, w); every set is
+    scored against the same argmax, and the mean over all of them is the mean over the sets."""
     target = teacher_logits.detach().argmax(dim=1)
+    sets = student_logits.shape[0] // target.shape[0]
+    if sets > 1:
+        target = target.repeat(sets, *([1] * (target.dim() - 1)))
     return F.cross_entropy(student_logits, target)
 
 

@@ -21,6 +21,7 @@ from .backbone import DEFAULT_BACKBONE, Backbone, create_backbone
 from .compressor import Compressor
 from .errors import SegUnifyError, write_failure
 from .labeler import Labeler
+from .legend import Legend
 
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
@@ -40,6 +41,7 @@ class ModelConfig:
     patch_size: int = 8
     bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
     gsd: float | None = None  # ground sampling distance of the training windows, metres
+    local_sets: int = 1  # local (student) prototype sets; inference uses the global set only
 
     @property
     def n_clusters(self) -> int:
@@ -53,8 +55,14 @@ class SegUnifyModel(nn.Module):
         self.backbone = backbone
         self.compressor = Compressor(config.feature_width, config.code_dim, config.dropout,
                                      config.nonlinear, config.outer_silu)
-        self.labeler = Labeler(config.code_dim, config.n_clusters)
+        self.labeler = Labeler(config.code_dim, config.n_clusters, config.local_sets)
         self.metadata: dict[str, Any] = {}
+        self.legend = Legend.default(config.n_clusters)  # names, colours, merges of the clusters
+
+    @property
+    def n_classes(self) -> int:
+        """Classes the model labels: its clusters, after the legend's merges."""
+        return self.legend.n_classes
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors (Compressor and Labeler), without the frozen backbone."""
@@ -80,7 +88,8 @@ class SegUnifyModel(nn.Module):
 
     @torch.inference_mode()
     def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, K, H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits.
+        """(B, K', H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits,
+        log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes.
 
         Same values as `labeler.teacher_logits` on the upsampled code, computed channels-last (the
         code vector of a pixel contiguous), which is 4x faster on CPU than the channels-first form.
@@ -90,7 +99,10 @@ class SegUnifyModel(nn.Module):
         prototypes = F.normalize(self.labeler.global_prototypes, dim=1).T * LOGIT_SCALE
         norms = torch.linalg.vector_norm(code, dim=-1, keepdim=True).clamp_min_(1e-12)
         logits = (code @ prototypes).div_(norms)
-        return torch.log_softmax(logits, dim=-1).permute(0, 3, 1, 2).contiguous()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if not self.legend.is_identity:  # merged clusters: their probabilities add up
+            log_probs = torch.log(log_probs.exp() @ self.legend.merge_matrix(log_probs.device, log_probs.dtype))
+        return log_probs.permute(0, 3, 1, 2).contiguous()
 
     @torch.inference_mode()
     def log_probs(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
@@ -108,6 +120,8 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
         **model.metadata,
         **(extra or {}),
     }
+    if model.legend.to_metadata() is not None:
+        meta["legend"] = model.legend.to_metadata()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
     write_safetensors(path, tensors, meta)
 
@@ -181,5 +195,6 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
     except RuntimeError:
         raise SegUnifyError(f"Model file '{path}' is damaged (its tensors do not match its "
                             "configuration); retrain or copy it again.") from None
-    model.metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
+    model.metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "legend")}
+    model.legend = Legend.from_metadata(meta.get("legend"), config.n_clusters)
     return model.eval()

@@ -1,5 +1,6 @@
 """What a segmentation leaves for the user: the GeoTIFF profile of class and probability rasters,
-the class colour table, the QGIS style, the preview, the COG conversion and the read-back check."""
+the preview, the COG conversion and the read-back check (the class legend, its colour table,
+QGIS style and GDAL category names, is `legend.py`'s)."""
 
 from __future__ import annotations
 
@@ -11,39 +12,12 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .atomic import atomic_path, write_text_atomic
-from .inference import class_colours, write_preview
+from .atomic import atomic_path
+from .inference import write_preview
+from .legend import Legend
 from .raster_io import RasterReader
 
 BLOCK = 512  # tile side of written GeoTIFFs
-
-
-def colour_map(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
-    """The class raster's colour table: 0 (nodata) transparent, classes 1..K in the class colours."""
-    return {0: (0, 0, 0, 0), **{i + 1: (*map(int, c), 255) for i, c in enumerate(class_colours(n_classes))}}
-
-
-def qml_text(n_classes: int) -> str:
-    """A QGIS style (paletted renderer) for the class raster; QGIS 3.22 shows no attribute tables."""
-    entries = "\n".join(
-        f'          <paletteEntry value="{i + 1}" label="class {i + 1}" alpha="255" '
-        f'color="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>' for i, c in enumerate(class_colours(n_classes)))
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22" styleCategories="AllStyleCategories">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-"""
-
-
-def write_qml(path: Path, n_classes: int) -> None:
-    write_text_atomic(path, qml_text(n_classes))
 
 
 def creation_options(width: int, height: int, n_bands: int, dtype: str, nbits: int | None = None,
@@ -97,7 +71,7 @@ def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None)
         read_back(tmp)
 
 
-def write_preview_png(reader: RasterReader, classes: Path, path: Path, max_side: int = 1024) -> None:
+def write_preview_png(reader: RasterReader, classes: Path, path: Path, legend: Legend, max_side: int = 1024) -> None:
     """A PNG of image, classes and overlay, at most `max_side` px on its longer side."""
     scale = max(1.0, max(reader.width, reader.height) / max_side)
     shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
@@ -106,4 +80,4 @@ def write_preview_png(reader: RasterReader, classes: Path, path: Path, max_side:
     with rasterio.open(classes) as ds:
         labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
     with atomic_path(path) as tmp:
-        write_preview(tmp, rgb, labels, valid, max_side)
+        write_preview(tmp, rgb, labels, valid, max_side, legend)

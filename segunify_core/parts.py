@@ -78,7 +78,7 @@ class _PartWriter:
     """The part's open GeoTIFFs (temporary names), written strip by strip."""
 
     def __init__(self, stack: contextlib.ExitStack, reader: RasterReader, part: Part, files: dict[str, Path],
-                 n_clusters: int, prob_dtype: str):
+                 n_classes: int, prob_dtype: str):
         self.reader, self.part, self.prob_dtype = reader, part, prob_dtype
         window = Window(part.col0, part.row0, part.width, part.height)
         base = {"width": part.width, "height": part.height, "crs": reader.ds.crs,
@@ -92,8 +92,8 @@ class _PartWriter:
         self.probs = None
         if "probabilities" in files:
             dtype, nbits = probability_storage(prob_dtype)
-            self.probs = rasterio.open(self.temps["probabilities"], "w", count=n_clusters, dtype=dtype, **base,
-                                       **creation_options(part.width, part.height, n_clusters, dtype, nbits,
+            self.probs = rasterio.open(self.temps["probabilities"], "w", count=n_classes, dtype=dtype, **base,
+                                       **creation_options(part.width, part.height, n_classes, dtype, nbits,
                                                           block=PART_BLOCK))
             stack.callback(self.probs.close)
 
@@ -135,7 +135,7 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: Any = None,
     raster = part.raster
     plan = raster.window_plan()
     device = torch.device(spec.device)
-    n = model.config.n_clusters
+    n = model.n_classes
     files = part_files(spec.parts_dir, part)
     tiles = part.tiles()
     with gdal_env(), RasterReader.open(raster.input, raster.bands, raster.stats) as reader:

@@ -199,9 +199,9 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
             model = _fitted_model(folder, parts, backbone, fit, device, options, progress, manifest)  # type: ignore[arg-type]
             seconds["fit"] = time.perf_counter() - clock
         model = model.to(device).eval()
-        n = model.config.n_clusters
+        n = model.n_classes
         if n > 255:
-            raise SegUnifyError(f"The model has {n} clusters; a uint8 class raster holds at most 255.")
+            raise SegUnifyError(f"The model has {n} classes; a uint8 class raster holds at most 255.")
         precision = getattr(model.backbone, "precision", "fp32")
         spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
                        precision, getattr(crf, "name", crf or "none"), backbone_weights=_opt_str(backbone_weights))
@@ -294,7 +294,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
         error = errors.get(index)
         if error is None:
             try:
-                assemble(raster, by_raster[index], manifest.folder, model.config.n_clusters, options.cog,
+                assemble(raster, by_raster[index], manifest.folder, model.legend, options.cog,
                          options.probabilities_dtype, options.preview if len(rasters) == 1 else None)
             except SegUnifyError as exc:
                 if not keep_going:
@@ -302,7 +302,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
                 error = str(exc)
         results.append(RasterResult(raster.input, raster.output, raster.width, raster.height,
                                     len(raster.window_plan()), raster.scale, error))
-    return JobReport(results, len(parts), computed, reused, model.config.n_clusters, spec.device, spec.precision,
+    return JobReport(results, len(parts), computed, reused, model.n_classes, spec.device, spec.precision,
                      model, dict(manifest.parts), {"run": run_s, "assemble": time.perf_counter() - clock})
 
 

@@ -18,6 +18,7 @@ import torch
 
 from .backbone import Backbone
 from .features import build_cache
+from .legend import cluster_shares
 from .model import SegUnifyModel
 from .planning import RasterJob
 from .raster_io import RasterReader, ground_sampling_distance
@@ -41,6 +42,7 @@ class SelfFitOptions:
     shift_inter: float = 0.5
     temperature: float = 0.1
     alpha: float = 0.998
+    local_sets: int = 1
     cache_dir: str | Path | None = None
 
 
@@ -86,7 +88,7 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
             classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
             batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
             shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
-            alpha=fit.alpha, feature_crop=fit.feature_crop, window=first_raster.model_window,
+            alpha=fit.alpha, local_sets=fit.local_sets, feature_crop=fit.feature_crop, window=first_raster.model_window,
             max_windows=fit.max_windows, bands=bands, flip=flip)
         model = new_model(backbone, config, gsd)
         trainer = Trainer(model, cache, config)
@@ -94,11 +96,12 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
             trainer.train_step()
             if progress:
                 progress("fit", trainer.step, config.steps)
-        del cache
         model.backbone = backbone
         model.metadata = {"training": {"config": dataclasses.asdict(config), "self_fit": True,
                                        "data": {"files": [r.input for r in rasters[:20]], "windows": len(windows),
-                                                "gsd_m": model.config.gsd}}}
+                                                "gsd_m": model.config.gsd},
+                                       "cluster_shares": cluster_shares(model.eval(), cache)}}
+        del cache
         return model.eval()
     finally:
         for reader, _ in readers.values():

@@ -28,6 +28,7 @@ from .features import (
     default_cache_dir,
     plan_windows,
 )
+from .legend import cluster_shares
 from .losses import energy
 from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
 
@@ -64,6 +65,7 @@ class TrainConfig:
     feature_crop: int | None = None  # train on random crops of this many patches of the cached grids
     bands: list[int] | None = None
     gsd: float | None = None  # target GSD in metres; default: the median GSD of the data
+    local_sets: int = 1  # local prototype sets learning against the one global set (1: the published model)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -162,7 +164,7 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
         backbone=backbone.spec.name, classes=config.classes, extra_clusters=config.extra_clusters,
         code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
         outer_silu=config.outer_silu, feature_width=backbone.width, patch_size=backbone.patch_size,
-        bands=config.bands, gsd=gsd)
+        bands=config.bands, gsd=gsd, local_sets=config.local_sets)
     torch.manual_seed(config.seed)  # prototype and layer initialisation
     return SegUnifyModel(model_config)
 
@@ -183,6 +185,8 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     and the backbone weights at the same paths); the head trains here either way."""
     output = Path(output)
     torch_device = torch.device(device)
+    if config.local_sets < 1:
+        raise SegUnifyError("--local-sets must be at least 1 (1 is the published single set).")
     if config.steps < 1 or config.batch_size < 2:
         raise SegUnifyError("Training needs --steps >= 1 and --batch-size >= 2 (cross-image "
                             "smoothness pairs different images).")
@@ -236,7 +240,8 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     model.backbone = backbone
     model.eval()
     model.metadata = {"training": {"config": dataclasses.asdict(config), "data": summary,
-                                   "backbone_weights": str(backbone_weights) if backbone_weights else "hub"}}
+                                   "backbone_weights": str(backbone_weights) if backbone_weights else "hub",
+                                   "cluster_shares": cluster_shares(model, cache)}}
     save_model(model, output)
     checkpoint.unlink(missing_ok=True)
     return model

@@ -11,6 +11,7 @@ from rasterio.windows import Window
 
 from .atomic import atomic_path
 from .errors import SegUnifyError, write_failure
+from .legend import raster_class_names
 
 BLOCK = 4096
 HALO = 64  # context read around each block so sieving sees regions that cross block edges
@@ -18,7 +19,8 @@ HALO = 64  # context read around each block so sieving sees regions that cross b
 
 def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float = 0.0,
               simplify: float = 0.0, overwrite: bool = False, block: int = BLOCK) -> dict:
-    """Write polygons with `class_id` and `area_m2` (or pixel units without a CRS) to a GeoPackage."""
+    """Write polygons with `class_id`, `class_name` (the raster's GDAL category names, else "class
+    i") and `area_m2` (or pixel units without a CRS) to a GeoPackage."""
     import geopandas as gpd
     import shapely
     from shapely.geometry import box, shape
@@ -65,7 +67,10 @@ def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float
             merged = shapely.union_all(polys)
             inner.extend((value, part) for part in getattr(merged, "geoms", [merged]))
         crs = ds.crs
-    frame = gpd.GeoDataFrame({"class_id": [v for v, _ in inner]}, geometry=[g for _, g in inner], crs=crs)
+    names = raster_class_names(classes_path)
+    frame = gpd.GeoDataFrame({"class_id": [v for v, _ in inner],
+                              "class_name": [names.get(v, f"class {v}") for v, _ in inner]},
+                             geometry=[g for _, g in inner], crs=crs)
     if simplify > 0:
         frame["geometry"] = frame.geometry.simplify(simplify, preserve_topology=True)
     if crs is not None and crs.is_geographic:

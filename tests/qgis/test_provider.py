@@ -15,11 +15,12 @@ from qgis_plugin import runner
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
 
-def test_provider_has_five_algorithms():
+def test_provider_has_six_algorithms():
     provider = QgsApplication.processingRegistry().providerById("segunify")
     assert provider is not None
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segunify:check_environment", "segunify:install_environment", "segunify:segment", "segunify:train",
+    assert ids == ["segunify:check_environment", "segunify:classes", "segunify:install_environment", "segunify:segment",
+                   "segunify:train",
                    "segunify:vectorize"]
     for alg in provider.algorithms():
         assert len(alg.shortHelpString()) > 200, alg.id()
@@ -181,3 +182,56 @@ def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp
     layer = QgsVectorLayer(polygons["OUTPUT"], "p", "ogr")
     assert layer.isValid() and layer.featureCount() > 0
     assert "class_id" in layer.fields().names() and "area_m2" in layer.fields().names()
+
+
+def test_class_table_becomes_cli_arguments():
+    from qgis_plugin.algorithms import legend_arguments
+
+    table = ["1", "road", "", "", "2", "roof", "", "", "3", "", "", "2", "4", "vegetation", "#00ff00", "",
+             "5", "", "", "4", "6", "water", "#c0392b", "", "", "", "", ""]
+    assert legend_arguments(table) == ["--name", "1=road", "--colour", "4=#00ff00", "--name", "6=water", "--colour",
+                                       "6=#c0392b", "--merge", "2,3=roof", "--merge", "4,5=vegetation"]
+    with pytest.raises(QgsProcessingException, match="whole numbers"):
+        legend_arguments(["x", "road", "", ""])
+    with pytest.raises(QgsProcessingException, match="4 columns per row"):
+        legend_arguments(["1", "road", ""])
+    with pytest.raises(QgsProcessingException, match="keeps no name"):
+        legend_arguments(["3", "trees", "", "2"])
+
+
+def test_qgis_process_name_and_merge_then_segment(plugin_dir, samples, tiny_weights, tmp_path):
+    """A self-fitted 6-cluster model merged to 4 named classes through qgis_process.bin; the segmented
+    layer and the polygons carry the names."""
+    from conftest import VENV_PYTHON
+    from qgis.core import QgsVectorLayer
+
+    src = samples / "rasterio/cogeo.tif"
+    six = tmp_path / "six.safetensors"
+    fit = subprocess.run([str(VENV_PYTHON), "-m", "segunify_cli", "tile-segment", str(src), str(tmp_path / "fit.tif"),
+                          "--classes", "6", "--fit-steps", "20", "--fit-windows", "8", "--no-flip", "--window", "224",
+                          "--stride", "224", "--backbone", "vit_tiny_patch16_224", "--backbone-weights",
+                          str(tiny_weights), "--device", "cpu", "--save-model", str(six), "--quiet"],
+                         capture_output=True, text=True, timeout=900)
+    assert fit.returncode == 0, fit.stderr
+    before = six.read_bytes()
+    four = tmp_path / "four.safetensors"
+    table = "1,road,,,2,roof,,,3,,,2,4,vegetation,,,5,,,4,6,water,#c0392b,"
+    run = qgis_process(plugin_dir, "run", "segunify:classes", "--", f"MODEL={six}", f"TABLE={table}",
+                       f"OUTPUT={four}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "vegetation" in run.stdout and four.is_file() and six.read_bytes() == before
+    names = ["road", "roof", "vegetation", "water"]
+    out, vector = tmp_path / "classes.tif", tmp_path / "polys.gpkg"
+    run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={src}", f"MODEL={four}",
+                       f"BACKBONE_WEIGHTS={tiny_weights}", "WINDOW=224", "STRIDE=224", "FLIP=false", f"OUTPUT={out}",
+                       f"OUTPUT_VECTOR={vector}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    layer = QgsRasterLayer(str(out), "classes")  # names come with the raster itself (GDAL category names)
+    assert [label for label, _ in layer.renderer().legendSymbologyItems()] == names
+    assert layer.renderer().legendSymbologyItems()[3][1].name() == "#c0392b"
+    layer.loadNamedStyle(str(out.with_suffix(".qml")))  # what Segment applies to the loaded layer
+    assert [c.label for c in layer.renderer().classes()] == names
+    polygons = QgsVectorLayer(str(vector), "p", "ogr")
+    assert polygons.isValid() and "class_name" in polygons.fields().names()
+    found = {f["class_name"] for f in polygons.getFeatures()}
+    assert found <= set(names) and len(found) >= 2
