@@ -76,6 +76,7 @@ class _WindowNoiseModel(torch.nn.Module):
     def __init__(self, k: int = 3):
         super().__init__()
         self.config = type("C", (), {"n_clusters": k, "patch_size": 16, "bands": None, "gsd": None})()
+        self.n_classes = k
 
     def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
         return rgb
