@@ -39,7 +39,7 @@ SEGUNIFY_POTSDAM = Preset(
     {
         BACKBONE: Setting("dino_vitb8", "DINO ViT-B/8"),
         "potsdam_split": Setting("train", "labelled_train.txt only (4545 images, labels unused)"),
-        "max_windows": Setting(8550, "at least the image count: each 200 px image is one whole window"),
+        "max_windows": Setting(8550, "every image once per epoch: here each 200 px image is one whole window"),
         "window": Setting(224, "training resolution"),
         "resize": Setting("nearest", "200 px images resized to 224 with nearest neighbour"),
         "flip": Setting(False, "no flipped views"),
@@ -56,7 +56,7 @@ SEGUNIFY_POTSDAM = Preset(
         "lr_compressor": Setting(1e-4, "Adam, Compressor"),
         "lr_labeler": Setting(5e-4, "Adam, prototypes"),
         "weight_decay": Setting(1e-5, "Adam weight decay"),
-        "lr_schedule": Setting("poly-epoch", "(1 - epoch/3000)^2 stepped per epoch: factor 1.0 to 0.986"),
+        "lr_schedule": Setting("poly-epoch", "(1 - epoch/3000)^2, stepped once per epoch: factor 1.0 to 0.986"),
         "poly_power": Setting(2.0, "polynomial power"),
         "alpha": Setting(0.998, "EMA momentum of the global prototypes"),
         "ema_order": Setting("before", "EMA inside the step, before backward and the optimiser step"),
@@ -67,7 +67,7 @@ SEGUNIFY_POTSDAM = Preset(
         "pairing": Setting("reference", "random permutation, fixed points moved to the next index"),
         "amp": Setting(True, "float16 mixed precision on GPU (float32 on CPU)"),
         "checkpoint_every": Setting(400, "resumable state every 400 steps"),
-        "val_every": Setting(400, "checkpoint chosen every 400 steps, on --val data (not the test split)"),
+        "val_every": Setting(400, "checkpoint chosen every 400 steps (the reference chose on the test split; here on --val data)"),
         "seed": Setting(0, "random seed"),
     },
 )
