@@ -380,17 +380,22 @@ def test_validation_never_reads_the_test_split(potsdam, tiny_backbone, tmp_path,
     assert meta["validation"]["split"] == "val"
 
 
+def labelled_folder(folder: Path, seeds: list[int]) -> Path:
+    """folder/images and folder/labels with one generated 96 px scene per seed."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for seed in seeds:
+        img, labels = make_blobs(96, 96, seed=seed)
+        write_geotiff(folder / "images" / f"s{seed}.tif", img)
+        write_geotiff(folder / "labels" / f"s{seed}.tif", labels[None].astype(np.uint8))
+    return folder
+
+
 def test_best_validation_checkpoint_is_kept(scene_tif, tiny_backbone, tmp_path):
     """The written model is the one of the step with the best validation mIoU: the same as a run
     stopped at that step (constant learning rate, so the first steps of both runs are equal)."""
     path, _ = scene_tif
-    val = tmp_path / "val"
-    (val / "images").mkdir(parents=True)
-    (val / "labels").mkdir()
-    for k in range(2):
-        img, labels = make_blobs(96, 96, seed=10 + k)
-        write_geotiff(val / "images" / f"v{k}.tif", img)
-        write_geotiff(val / "labels" / f"v{k}.tif", labels[None].astype(np.uint8))
+    val = labelled_folder(tmp_path / "val", [10, 11])
     base = dict(classes=3, batch_size=4, max_windows=8, window=64, seed=3, lr_schedule="constant",
                 lr_compressor=3e-3, lr_labeler=3e-2, val_every=2)
     model = train([path], tmp_path / "m.safetensors", TrainConfig(steps=8, **base), backbone=tiny_backbone,
@@ -409,14 +414,32 @@ def test_best_validation_checkpoint_is_kept(scene_tif, tiny_backbone, tmp_path):
     loaded = load_model(tmp_path / "m.safetensors", backbone=tiny_backbone)
     with pytest.raises(SegUnifyError, match="picked its checkpoint on 2 of these images"):
         evaluate(loaded, val)
-    other = tmp_path / "other"
-    (other / "images").mkdir(parents=True)
-    (other / "labels").mkdir()
-    img, labels = make_blobs(96, 96, seed=20)
-    write_geotiff(other / "images" / "o.tif", img)
-    write_geotiff(other / "labels" / "o.tif", labels[None].astype(np.uint8))
-    scores, protocol = evaluate(loaded, other)
+    scores, protocol = evaluate(loaded, labelled_folder(tmp_path / "other", [20]))
     assert protocol["images"] == 1 and 0 <= scores.miou <= 1
+
+
+def test_resume_with_validation_keeps_history_and_best(scene_tif, tiny_backbone, tmp_path):
+    from segunify_core.training import state_path
+
+    path, _ = scene_tif
+    val = labelled_folder(tmp_path / "val", [10, 11])
+    config = TrainConfig(classes=3, batch_size=4, max_windows=8, window=64, seed=3, steps=6, val_every=2,
+                         checkpoint_every=2, lr_compressor=3e-3, lr_labeler=3e-2)
+    full = train([path], tmp_path / "full.safetensors", config, backbone=tiny_backbone, cache_dir=tmp_path / "c",
+                 val=val)
+    out = tmp_path / "resumed.safetensors"
+
+    def interrupt(phase, done, total, stats):
+        if phase == "train" and done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train([path], out, config, backbone=tiny_backbone, cache_dir=tmp_path / "c", val=val, on_progress=interrupt)
+    assert state_path(out).exists()
+    resumed = train([path], out, config, backbone=tiny_backbone, cache_dir=tmp_path / "c", val=val, resume=True)
+    assert resumed.metadata["training"]["validation"] == full.metadata["training"]["validation"]
+    for k, v in full.head_state().items():
+        assert torch.equal(v, resumed.head_state()[k]), k
 
 
 def test_evaluate_refuses_the_test_split_it_validated_on(potsdam, tiny_model, tiny_backbone):
