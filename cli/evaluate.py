@@ -53,8 +53,13 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
     crf_backend = make_crf(crf)
     scores, protocol = evaluate(model, data, split, int(resolution), crf_backend, flip, batch_size, dev.type, step)
     progress.close()
+    training = model.metadata.get("training") or {}
+    validation = training.get("validation")
     protocol = {**protocol, "precision": model.backbone.precision, "crf": crf_backend.name if crf_backend else "none",
-                "flip": flip, "model": str(model_path), "backbone": model.config.backbone}
+                "flip": flip, "model": str(model_path), "backbone": model.config.backbone,
+                "preset": (training.get("config") or {}).get("preset"),
+                "checkpoint": (f"step {validation['best_step']} (best validation mIoU)" if validation
+                               else "last step")}
     result = {**scores.as_dict(), "protocol": protocol}
     if as_json:
         click.echo(json.dumps(result))
@@ -63,7 +68,7 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
             else "native size")
     click.echo(f"protocol: {protocol['dataset']} split {protocol['split']} ({protocol['images']} images), {size}, "
                f"backbone {protocol['backbone']} in {protocol['precision']}, flip averaging "
-               f"{'on' if flip else 'off'}, CRF {protocol['crf']}")
+               f"{'on' if flip else 'off'}, CRF {protocol['crf']}; checkpoint: {protocol['checkpoint']}")
     click.echo(f"protocol (JSON): {json.dumps(protocol)}")
     click.echo(f"Accuracy {100 * scores.accuracy:6.2f}   mIoU {100 * scores.miou:6.2f}")
     for c, iou in enumerate(scores.per_class_iou):

@@ -463,4 +463,5 @@ def test_evaluate_prints_its_protocol(potsdam, tiny_model, tiny_weights):
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("protocol: "))
     assert re.fullmatch(r"protocol: potsdam-3 split test \(4 images\), 224 px \(shorter side resized, centre crop\), "
-                        rf"backbone {TINY_VIT} in fp32, flip averaging on, CRF none", line), line
+                        rf"backbone {TINY_VIT} in fp32, flip averaging on, CRF none; checkpoint: last step",
+                        line), line
