@@ -22,7 +22,8 @@ from .options import (
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.argument("data", type=click.Path())
 @click.option("--split", default="test", show_default=True,
-              help="Potsdam split: test (labelled_test.txt), train, unlabelled_train, all_train, all.")
+              help="Potsdam split: test (labelled_test.txt), val (the validation subset of labelled_train that "
+                   "`train --val` uses), train, unlabelled_train, all_train, all.")
 @click.option("--resolution", type=click.Choice(["224", "320"]), default="224", show_default=True,
               help="Potsdam evaluation resolution (resize shorter side, centre crop).")
 @click.option("--batch-size", default=8, show_default=True)
@@ -36,7 +37,8 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
 
     One confusion matrix over the whole set, one Hungarian assignment of clusters to classes, then
     accuracy, mIoU and per-class IoU. With extra clusters, pixels of clusters left unmatched count
-    as errors.
+    as errors. Prints the protocol it ran (data, split, resolution, precision, flip, CRF); refuses
+    test data the model picked its checkpoint on (`train --val`).
     """
     setup_logging(quiet or as_json)
     model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet or as_json)
@@ -48,15 +50,26 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
         done += n
         progress("evaluate", done, max(done, 1))
 
-    scores, protocol = evaluate(model, data, split, int(resolution), make_crf(crf), flip, batch_size,
-                                dev.type, step)
+    crf_backend = make_crf(crf)
+    scores, protocol = evaluate(model, data, split, int(resolution), crf_backend, flip, batch_size, dev.type, step)
     progress.close()
-    result = {**scores.as_dict(), "protocol": {**protocol, "crf": crf, "flip": flip,
-                                               "model": str(model_path), "backbone": model.config.backbone}}
+    training = model.metadata.get("training") or {}
+    validation = training.get("validation")
+    protocol = {**protocol, "precision": model.backbone.precision, "crf": crf_backend.name if crf_backend else "none",
+                "flip": flip, "model": str(model_path), "backbone": model.config.backbone,
+                "preset": (training.get("config") or {}).get("preset"),
+                "checkpoint": (f"step {validation['best_step']} (best validation mIoU)" if validation
+                               else "last step")}
+    result = {**scores.as_dict(), "protocol": protocol}
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"protocol: {json.dumps(result['protocol'])}")
+    size = (f"{protocol['resolution']} px (shorter side resized, centre crop)" if protocol["dataset"] == "potsdam-3"
+            else "native size")
+    click.echo(f"protocol: {protocol['dataset']} split {protocol['split']} ({protocol['images']} images), {size}, "
+               f"backbone {protocol['backbone']} in {protocol['precision']}, flip averaging "
+               f"{'on' if flip else 'off'}, CRF {protocol['crf']}; checkpoint: {protocol['checkpoint']}")
+    click.echo(f"protocol (JSON): {json.dumps(protocol)}")
     click.echo(f"Accuracy {100 * scores.accuracy:6.2f}   mIoU {100 * scores.miou:6.2f}")
     for c, iou in enumerate(scores.per_class_iou):
         click.echo(f"  class {c}: IoU {100 * iou:6.2f}")

@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import click
+from click.core import ParameterSource
 
+from segunify_core.backbone import DEFAULT_BACKBONE
+from segunify_core.compressor import DROPOUT_MASKS
+from segunify_core.datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES
+from segunify_core.losses import PAIRINGS
+from segunify_core.presets import PRESETS, resolve
 from segunify_core.raster_io import parse_bands
-from segunify_core.training import TrainConfig, train
+from segunify_core.training import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
 
 from .common import prepare
 from .options import (
@@ -25,41 +31,67 @@ from .options import (
 )
 
 D = TrainConfig()
-
-
 @click.command("train")
 @click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Start from every value a published run used (see the README's table); flags given "
+                   "explicitly override it.")
 @click.option("--classes", default=D.classes, show_default=True, help="Number of classes K.")
 @click.option("--extra-clusters", default=D.extra_clusters, show_default=True, help="Prototypes beyond K.")
 @click.option("--local-sets", default=D.local_sets, show_default=True, type=click.IntRange(min=1),
-              help="Local (student) prototype sets learning against the one global set; 1 is the published model.")
+              help="Independent local prototype sets learning against the one global set (1: the published model).")
 @click.option("--window", default=D.window, show_default=True, help="Training window size in px.")
 @click.option("--steps", default=D.steps, show_default=True)
 @click.option("--batch-size", default=D.batch_size, show_default=True)
 @click.option("--lr-compressor", default=D.lr_compressor, show_default=True)
 @click.option("--lr-labeler", default=D.lr_labeler, show_default=True)
 @click.option("--weight-decay", default=D.weight_decay, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=D.lr_schedule, show_default=True,
+              help="poly-step: lr x (1 - step/steps)^power each step; poly-epoch: the same factor advanced once "
+                   "per pass over the windows (the reference run); constant.")
+@click.option("--poly-power", default=D.poly_power, show_default=True, help="Power of the polynomial decay.")
 @click.option("--alpha", default=D.alpha, show_default=True, help="EMA momentum of the global prototypes.")
+@click.option("--ema-order", type=click.Choice(EMA_ORDERS), default=D.ema_order, show_default=True,
+              help="Update the global prototypes after the optimiser step, or before backward (the reference run).")
 @click.option("--temperature", default=D.temperature, show_default=True, help="Soft-assignment temperature tau.")
 @click.option("--shift-intra", default=D.shift_intra, show_default=True, help="Closeness smoothness shift b1.")
 @click.option("--shift-inter", default=D.shift_inter, show_default=True, help="Cross-image smoothness shift b2.")
+@click.option("--pairing", type=click.Choice(tuple(PAIRINGS)), default=D.pairing, show_default=True,
+              help="Cross-image partners: a derangement, or the reference's permutation with fixed points "
+                   "moved to the next image.")
 @click.option("--code-dim", default=D.code_dim, show_default=True, help="Code dimension D.")
 @click.option("--dropout", default=D.dropout, show_default=True)
-@click.option("--nonlinear/--linear-only", default=D.nonlinear, show_default=True,
+@click.option("--dropout-masks", type=click.Choice(DROPOUT_MASKS), default=D.dropout_masks, show_default=True,
+              help="independent: three Dropout2d masks per step (linear branch, nonlinear branch, affinities); "
+                   "shared: one for all three.")
+@click.option("--nonlinear/--no-nonlinear", " /--linear-only", default=D.nonlinear, show_default=True,
               help="Use the Compressor's nonlinear branch.")
-@click.option("--outer-silu", is_flag=True, help="Apply an outer SiLU to the code (the slides' variant).")
-@click.option("--no-pointwise", is_flag=True, help="Do not centre the feature affinities pointwise.")
+@click.option("--outer-silu/--no-outer-silu", default=D.outer_silu, show_default=True,
+              help="Apply an outer SiLU to the code (the slides' variant).")
+@click.option("--pointwise/--no-pointwise", default=D.pointwise, show_default=True,
+              help="Centre the feature affinities pointwise.")
 @click.option("--seed", default=D.seed, show_default=True)
 @click.option("--max-windows", default=D.max_windows, show_default=True,
               help="Windows sampled from the data (their features are cached on disk).")
-@click.option("--five-crop", is_flag=True, help="Cut each image into four corners and the centre instead of random windows.")
+@click.option("--five-crop/--no-five-crop", default=D.five_crop, show_default=True,
+              help="Cut each image into four corners and the centre instead of random windows.")
 @click.option("--crop-ratio", default=D.crop_ratio, show_default=True, help="Five-crop side as a fraction of the shorter side.")
-@click.option("--no-flip", is_flag=True, help="Do not cache horizontally flipped views.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default=D.resize, show_default=True,
+              help="How windows are resampled to --window px.")
+@click.option("--flip/--no-flip", default=D.flip, show_default=True, help="Also cache horizontally flipped views.")
+@click.option("--amp/--no-amp", default=D.amp, show_default=True,
+              help="Mixed precision (float16) training on a CUDA GPU; float32 on CPU.")
 @click.option("--checkpoint-every", default=D.checkpoint_every, show_default=True)
+@click.option("--val", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Labelled validation data (a Potsdam folder: its fixed validation subset of labelled_train; or "
+                   "images/ + labels/): keep the model with the best validation mIoU. Never the test split.")
+@click.option("--val-every", default=D.val_every, show_default=True, help="Steps between validation scores.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint beside the model file.")
 @click.option("--gsd", type=float, default=None, help="Ground sampling distance (m) to train at; default: the data's median.")
-@click.option("--split", default="all_train", show_default=True, help="Potsdam split used when DATA is a Potsdam folder.")
+@click.option("--split", "potsdam_split", type=click.Choice(POTSDAM_TRAIN_SPLITS),
+              default=D.potsdam_split, show_default=True,
+              help="Potsdam split used when DATA is a Potsdam folder (train = labelled_train.txt).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder (default ~/.cache/segunify/features or $SEGUNIFY_CACHE).")
 @engine_options
@@ -71,32 +103,36 @@ D = TrainConfig()
 @quiet_option
 @click.pass_context
 @guarded
-def command(ctx, data, output, classes, extra_clusters, local_sets, window, steps, batch_size, lr_compressor, lr_labeler,
-            weight_decay, alpha, temperature, shift_intra, shift_inter, code_dim, dropout, nonlinear,
-            outer_silu, no_pointwise, seed, max_windows, five_crop, crop_ratio, no_flip, checkpoint_every,
-            resume, gsd, split, cache_dir, cluster, scheduler, scheduler_file, bands, backbone, backbone_weights, device, precision, quiet):
+def command(ctx, data, output, preset, val, resume, cache_dir, cluster, scheduler, scheduler_file, bands, backbone,
+            backbone_weights, device, precision, quiet, **fields):
     """Train a model on folders or files of orthophotos (GeoTIFF/PNG/JPEG) or a Potsdam folder."""
     setup_logging(quiet)
+    explicit = {name: value for name, value in fields.items()
+                if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     parsed = parse_bands(bands)
-    config = TrainConfig(
-        classes=classes, extra_clusters=extra_clusters, window=window, steps=steps, batch_size=batch_size,
-        lr_compressor=lr_compressor, lr_labeler=lr_labeler, weight_decay=weight_decay, alpha=alpha,
-        temperature=temperature, shift_intra=shift_intra, shift_inter=shift_inter, pointwise=not no_pointwise,
-        code_dim=code_dim, dropout=dropout, nonlinear=nonlinear, outer_silu=outer_silu, seed=seed,
-        max_windows=max_windows, five_crop=five_crop, crop_ratio=crop_ratio, flip=not no_flip,
-        checkpoint_every=checkpoint_every, bands=list(parsed) if parsed else None, gsd=gsd,
-        local_sets=local_sets)
+    if parsed:
+        explicit["bands"] = list(parsed)
+    given_backbone = backbone if ctx.get_parameter_source("backbone") is not ParameterSource.DEFAULT else None
+    config, backbone = resolve(preset, explicit, given_backbone, DEFAULT_BACKBONE)
     _, bb, dev = prepare(None, backbone, backbone_weights, device, precision, quiet)
     if not quiet:
+        if preset:
+            overrides = ", ".join(config.preset_overrides) or "none"
+            click.echo(f"preset: {preset} (overridden: {overrides})", err=True)
         click.echo("configuration: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), err=True)
     progress = progress_for(ctx, quiet)
     try:
         with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
             model = train(data, output, config, backbone=bb, backbone_weights=backbone_weights, cache_dir=cache_dir,
-                          resume=resume, device=dev.type, potsdam_split=split, on_progress=progress, client=client)
+                          resume=resume, device=dev.type, on_progress=progress, client=client, val=val)
     finally:
         progress.close()
     if not quiet:
         summary = model.metadata["training"]["data"]
-        click.echo(f"wrote {output}: {classes} classes (+{extra_clusters} extra), {summary['images']} images, "
-                   f"{summary['windows']} windows, GSD {summary['gsd_m']}", err=True)
+        click.echo(f"wrote {output}: {config.classes} classes (+{config.extra_clusters} extra), {summary['images']} "
+                   f"images, {summary['windows']} windows, GSD {summary['gsd_m']}", err=True)
+        validation = model.metadata["training"].get("validation")
+        if validation:
+            click.echo(f"kept the model of step {validation['best_step']}: validation mIoU "
+                       f"{100 * validation['best_miou']:.2f}, accuracy {100 * validation['best_accuracy']:.2f} "
+                       f"({len(validation['images'])} images)", err=True)

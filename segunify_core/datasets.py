@@ -4,12 +4,13 @@ folders of images with label rasters."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import SegUnifyError
@@ -21,7 +22,15 @@ POTSDAM_SPLITS = {
     "unlabelled_train": ("unlabelled_train.txt",),
     "all_train": ("labelled_train.txt", "unlabelled_train.txt"),
     "all": ("all.txt",),
+    "val": ("labelled_train.txt",),  # every POTSDAM_VAL_STRIDE-th id of labelled_train.txt
 }
+POTSDAM_TRAIN_SPLITS = ("train", "unlabelled_train", "all_train")  # what training may read
+# The Potsdam validation subset: ids 0, 20, 40, ... of labelled_train.txt in file order (228 of
+# the 4545 images). Training on a Potsdam folder that is also the --val data leaves them out.
+POTSDAM_VAL_STRIDE = 20
+# How training windows are resampled to the window size: "nearest" is the reference's Potsdam
+# preprocessing (PIL nearest, pixel centres), "bilinear" is antialiased bilinear.
+RESIZE_MODES = ("bilinear", "nearest")
 # ISPRS six classes -> three: roads+cars, buildings+clutter, low vegetation+trees; 255 ignored.
 POTSDAM_FINE_TO_COARSE = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
 POTSDAM_CLASS_NAMES = ("roads and cars", "buildings and clutter", "vegetation and trees")
@@ -46,18 +55,22 @@ class ArrayImage:
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None,
              resampling=None) -> tuple[np.ndarray, np.ndarray]:
+        """resampling: rasterio's Resampling.nearest for nearest, else bilinear (as RasterReader)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         crop = self.rgb[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
         if out_shape and tuple(out_shape) != crop.shape[1:]:
-            crop = resize_image(crop, out_shape)
+            crop = resize_image(crop, out_shape, "nearest" if resampling == Resampling.nearest else "bilinear")
         return crop, np.ones(crop.shape[1:], bool)
 
     def close(self) -> None:
         pass
 
 
-def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """Resize (C, H, W) to `size`: antialiased bilinear, or nearest at pixel centres (PIL's rule)."""
     t = torch.from_numpy(np.ascontiguousarray(rgb))[None]
+    if mode == "nearest":
+        return F.interpolate(t, size=size, mode="nearest-exact")[0].numpy()
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)[0].numpy()
 
 
@@ -97,7 +110,7 @@ def potsdam_ids(root: Path, split: str) -> list[str]:
                                 "IIC split lists (labelled_train.txt, unlabelled_train.txt, "
                                 "labelled_test.txt).")
         ids.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-    return ids
+    return ids[::POTSDAM_VAL_STRIDE] if split == "val" else ids
 
 
 def potsdam_image(root: Path, image_id: str) -> np.ndarray:
@@ -143,9 +156,21 @@ class TrainingImage:
     def label(self) -> str:
         return f"{self.path}:{self.potsdam_id}" if self.potsdam_id else str(self.path)
 
+    @property
+    def key(self) -> str:
+        """The image's identity for keeping validation images out of training (image_key)."""
+        return image_key(self.path, self.potsdam_id)
 
-def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train") -> list[TrainingImage]:
-    """Folders and files of GeoTIFF/PNG/JPEG images, or a Potsdam root (its training splits)."""
+
+def image_key(path: Path, potsdam_id: str | None = None) -> str:
+    """'potsdam:ID' for a Potsdam image (ids are unique over the data set), else the resolved path."""
+    return f"potsdam:{potsdam_id}" if potsdam_id is not None else f"file:{Path(path).resolve()}"
+
+
+def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train",
+                    exclude: Collection[str] = ()) -> list[TrainingImage]:
+    """Folders and files of GeoTIFF/PNG/JPEG images, or a Potsdam root (its training splits),
+    without the images whose `key` is in `exclude` (the validation images)."""
     images: list[TrainingImage] = []
     plain: list[str | Path] = []
     for entry in data:
@@ -155,6 +180,8 @@ def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train"
         else:
             plain.append(entry)
     images.extend(TrainingImage(p) for p in list_images(plain))
+    if exclude:
+        images = [im for im in images if im.key not in exclude]
     if not images:
         raise SegUnifyError(f"No images found in {', '.join(map(str, data))}; pass folders or files "
                             f"of {', '.join(sorted(IMAGE_SUFFIXES))} images.")
@@ -179,13 +206,32 @@ def centre_crop_resize(rgb: np.ndarray, labels: np.ndarray, resolution: int) -> 
             labels[top:top + resolution, left:left + resolution])
 
 
+def folder_eval_sample(image: Path, label: Path, bands) -> EvalSample:
+    """One image of an images/ + labels/ folder at native size; pixels outside its data ignored."""
+    with RasterReader.open(image, bands) as reader:
+        rgb, valid = reader.read(Window(0, 0, reader.width, reader.height))
+    labels = read_label_raster(label)
+    if labels.shape != valid.shape:
+        raise SegUnifyError(f"Label raster '{label}' is {labels.shape[1]} x {labels.shape[0]} px "
+                            f"but its image is {valid.shape[1]} x {valid.shape[0]}; they must match.")
+    labels[~valid] = IGNORE
+    return EvalSample(image.name, rgb, labels)
+
+
+def potsdam_eval_sample(root: Path, image_id: str, resolution: int) -> EvalSample | None:
+    """One Potsdam image and its labels at the evaluation resolution; None when unlabelled."""
+    labels = potsdam_labels(root, image_id)
+    if labels is None:
+        return None
+    rgb, labels = centre_crop_resize(potsdam_image(root, image_id), labels, resolution)
+    return EvalSample(image_id, rgb, labels)
+
+
 def potsdam_eval_samples(root: Path, split: str, resolution: int) -> Iterator[EvalSample]:
     for image_id in potsdam_ids(root, split):
-        labels = potsdam_labels(root, image_id)
-        if labels is None:
-            continue  # unlabelled images do not count
-        rgb, labels = centre_crop_resize(potsdam_image(root, image_id), labels, resolution)
-        yield EvalSample(image_id, rgb, labels)
+        sample = potsdam_eval_sample(root, image_id, resolution)
+        if sample is not None:  # unlabelled images do not count
+            yield sample
 
 
 def folder_pairs(root: Path) -> list[tuple[Path, Path]]:

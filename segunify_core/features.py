@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .atomic import atomic_path
@@ -50,7 +51,8 @@ def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], wind
     sizes: (width, height) per image; scales: source pixels per training pixel (GSD matching).
     Random mode spreads `max_windows` over the images by area (at least one each while the budget
     lasts) at uniform random positions. Five-crop mode cuts the four corners and the centre at
-    `crop_ratio` of the shorter side. Images smaller than a region are used whole, upsampled.
+    `crop_ratio` of the shorter side. Images smaller than a region are used whole, upsampled;
+    a square image used whole gets one window only (more would be copies of it).
     """
     rng = np.random.default_rng(seed)
     out: list[TrainWindow] = []
@@ -66,11 +68,13 @@ def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], wind
         return out
     regions = [min(window * s, w, h) for (w, h), s in zip(sizes, scales, strict=True)]
     areas = np.array([w * h / max(r * r, 1.0) for (w, h), r in zip(sizes, regions, strict=True)])
+    whole = np.array([w == h == r for (w, h), r in zip(sizes, regions, strict=True)])
+    areas[whole] = 0.0
     counts = np.ones(len(sizes), int) if max_windows >= len(sizes) else np.zeros(len(sizes), int)
     if max_windows < len(sizes):
         counts[rng.choice(len(sizes), max_windows, replace=False)] = 1
     remaining = max_windows - counts.sum()
-    if remaining > 0:
+    if remaining > 0 and areas.sum() > 0:
         counts += rng.multinomial(remaining, areas / areas.sum())
     for i, ((w, h), side, n) in enumerate(zip(sizes, regions, counts, strict=True)):
         for _ in range(n):
@@ -85,7 +89,7 @@ def _file_fingerprint(path: Path) -> list:
 
 def cache_key(images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
               backbone: Backbone, backbone_weights: str | None, flip: bool,
-              bands: Sequence[int] | None) -> str:
+              bands: Sequence[int] | None, resize: str = "bilinear") -> str:
     h = hashlib.sha256()
     payload = {
         "format": CACHE_FORMAT,
@@ -98,6 +102,8 @@ def cache_key(images: Sequence[TrainingImage], windows: Sequence[TrainWindow], w
         "flip": flip,
         "bands": list(bands) if bands else None,
     }
+    if resize != "bilinear":  # keeps the keys of existing bilinear caches
+        payload["resize"] = resize
     h.update(json.dumps(payload, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -179,8 +185,9 @@ class WindowReader:
     """Reads training windows in order, keeping one image open at a time."""
 
     def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                 bands: Sequence[int] | None):
+                 bands: Sequence[int] | None, resize: str = "bilinear"):
         self.images, self.windows, self.window, self.bands = images, windows, window, bands
+        self.resampling = Resampling.nearest if resize == "nearest" else Resampling.bilinear
         self.current, self.source = -1, None
 
     def __call__(self, k: int) -> np.ndarray:
@@ -188,7 +195,8 @@ class WindowReader:
         if w.image != self.current:
             self.close()
             self.source, self.current = self.images[w.image].open(self.bands), w.image
-        rgb, _ = self.source.read(Window(w.col, w.row, w.size, w.size), out_shape=(self.window, self.window))
+        rgb, _ = self.source.read(Window(w.col, w.row, w.size, w.size), out_shape=(self.window, self.window),
+                                  resampling=self.resampling)
         return rgb
 
     def close(self) -> None:
@@ -218,12 +226,12 @@ def _worker_backbone(name: str, weights: str | None, precision: str, device: str
 
 def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
                   bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str], flip: bool,
-                  batch_size: int = 16) -> str:
+                  batch_size: int = 16, resize: str = "bilinear") -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
     from .manifest import file_sha256
 
     model = _worker_backbone(*backbone)
-    reader = WindowReader(images, windows, window, bands)
+    reader = WindowReader(images, windows, window, bands, resize)
     try:
         with atomic_path(Path(path)) as tmp:
             store = None
@@ -249,7 +257,8 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
 def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage], windows: Sequence[TrainWindow],
                            window: int, bands: Sequence[int] | None, backbone: Backbone,
                            backbone_weights: str | None, flip: bool, device: str,
-                           progress: Callable[[int, int], None] | None = None) -> FeatureCache:
+                           progress: Callable[[int, int], None] | None = None,
+                           resize: str = "bilinear") -> FeatureCache:
     """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
@@ -269,7 +278,7 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
     spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device)
     resources = {"GPU": 1} if device == "cuda" else None
     futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + SHARD_WINDOWS], window, bands,
-                             spec, flip, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
+                             spec, flip, resize=resize, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
                              resources=resources): s for s in todo}
     done = len(windows) - sum(len(windows[s:s + SHARD_WINDOWS]) for s in todo)
     for future in distributed.as_completed(futures):

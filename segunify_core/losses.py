@@ -78,6 +78,27 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
     return perm
 
 
+def move_fixed_points(perm: torch.Tensor) -> torch.Tensor:
+    """The reference's pairing rule: every i with perm[i] == i gets partner (i + 1) mod n instead.
+    No image is paired with itself, but a partner can repeat (not a derangement)."""
+    n = perm.shape[0]
+    index = torch.arange(n)
+    fixed = perm == index
+    return torch.where(fixed, (index + 1) % n, perm)
+
+
+def reference_pairing(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation with its fixed points moved to the next index (mod n), as the
+    reference pairs images for the cross-image term."""
+    if n < 2:
+        raise ValueError("cross-image smoothness needs a batch of at least 2 images")
+    return move_fixed_points(torch.randperm(n, generator=generator))
+
+
+# How each image of a batch gets its partner for the cross-image term.
+PAIRINGS = {"reference": reference_pairing, "derangement": derangement}
+
+
 def data_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the student logits (no temperature) against the teacher's argmax.
 
@@ -100,11 +121,15 @@ class EnergyTerms:
 
 def energy(features: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor,
            temperature: float = 0.1, shift_intra: float = 0.1, shift_inter: float = 0.5,
-           pointwise: bool = True, generator: torch.Generator | None = None) -> EnergyTerms:
-    """features: the dropout-perturbed backbone features (B, C, h, w); logits (B, K, h, w)."""
+           pointwise: bool = True, generator: torch.Generator | None = None,
+           pairing: str = "derangement") -> EnergyTerms:
+    """features: the dropout-perturbed backbone features (B, C, h, w); logits (B, K, h, w);
+    pairing: how cross-image partners are drawn (one of PAIRINGS)."""
     p = torch.softmax(teacher_logits / temperature, dim=1)
     close = smoothness(features, features, p, p, shift_intra, pointwise)
-    perm = derangement(features.shape[0], generator).to(features.device)
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {tuple(PAIRINGS)}, not {pairing!r}")
+    perm = PAIRINGS[pairing](features.shape[0], generator).to(features.device)
     cross = smoothness(features, features[perm], p, p[perm], shift_inter, pointwise)
     data = data_term(student_logits, teacher_logits)
     return EnergyTerms(close + cross + data, close, cross, data)

@@ -1,11 +1,16 @@
 """Training: sample windows, cache their features once, minimise the energy with Adam.
 
-Every random choice of step s (batch, flip view, derangement, dropout) is drawn from generators
-seeded by (seed, s), so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+Every random choice of step s (batch, flip view, cross-image pairing, dropout masks) is drawn
+from generators seeded by (seed, s), so a run resumed from a checkpoint continues exactly as an
+uninterrupted one. The procedures the reference ran differently from the method's text (METHOD.md,
+"What the reference run actually did") are options: the learning-rate schedule, the dropout masks,
+the EMA order, the cross-image pairing, the resize of training windows, the Potsdam split and
+mixed precision; `presets.py` names the combination the reference ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +22,8 @@ from typing import Any
 import torch
 
 from .backbone import Backbone, create_backbone
-from .datasets import TrainingImage, training_images
+from .compressor import DROPOUT_MASKS
+from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, training_images
 from .errors import SegUnifyError
 from .features import (
     FeatureCache,
@@ -29,11 +35,15 @@ from .features import (
     plan_windows,
 )
 from .legend import cluster_shares
-from .losses import energy
+from .losses import PAIRINGS, energy
 from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"
+# poly-step: lr * (1 - step/steps)^power at every step (the method's text); poly-epoch: the same
+# factor advanced once per epoch, as the reference's framework stepped it; constant: no decay.
+LR_SCHEDULES = ("poly-step", "poly-epoch", "constant")
+EMA_ORDERS = ("after", "before")  # global-prototype EMA after the optimiser step, or before backward
 
 
 @dataclasses.dataclass
@@ -66,6 +76,34 @@ class TrainConfig:
     bands: list[int] | None = None
     gsd: float | None = None  # target GSD in metres; default: the median GSD of the data
     local_sets: int = 1  # local prototype sets learning against the one global set (1: the published model)
+    lr_schedule: str = "poly-step"  # one of LR_SCHEDULES
+    dropout_masks: str = "independent"  # one of compressor.DROPOUT_MASKS
+    ema_order: str = "after"  # one of EMA_ORDERS
+    pairing: str = "derangement"  # one of losses.PAIRINGS
+    resize: str = "bilinear"  # training windows resampled by datasets.RESIZE_MODES
+    potsdam_split: str = "all_train"  # the training split when DATA is a Potsdam folder
+    amp: bool = False  # float16 autocast + gradient scaling on CUDA (float32 elsewhere)
+    val_every: int = 400  # steps between validation scores (with validation data)
+    preset: str | None = None  # the preset these values started from (presets.py)
+    preset_overrides: list[str] = dataclasses.field(default_factory=list)  # fields set over the preset
+
+    def check(self) -> None:
+        """Raise SegUnifyError for a value training cannot use."""
+        choices = {"lr_schedule": LR_SCHEDULES, "dropout_masks": DROPOUT_MASKS, "ema_order": EMA_ORDERS,
+                   "pairing": tuple(PAIRINGS), "resize": RESIZE_MODES, "potsdam_split": POTSDAM_TRAIN_SPLITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                flag = "--split" if name == "potsdam_split" else "--" + name.replace("_", "-")
+                raise SegUnifyError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; use one of "
+                                    f"{', '.join(allowed)} ({flag}).")
+        if self.steps < 1 or self.batch_size < 2:
+            raise SegUnifyError("Training needs --steps >= 1 and --batch-size >= 2 (cross-image "
+                                "smoothness pairs different images).")
+        if self.local_sets < 1:
+            raise SegUnifyError("The number of local prototype sets (--local-sets) must be at least 1 (1 is the "
+                                "published single set).")
+        if self.val_every < 1 or self.checkpoint_every < 1:
+            raise SegUnifyError("--val-every and --checkpoint-every must be at least 1 step.")
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -77,7 +115,26 @@ def learning_rate(base: float, step: int, steps: int, power: float) -> float:
     return base * (1.0 - step / steps) ** power
 
 
+def steps_per_epoch(n_windows: int, batch_size: int) -> int:
+    """Full batches in one pass over the training windows: the reference's framework drops the
+    last incomplete batch (4545 Potsdam images at batch 32: 142 steps)."""
+    return max(1, n_windows // batch_size)
+
+
+def lr_factor(schedule: str, step: int, steps: int, power: float, epoch_steps: int) -> float:
+    """The factor on the base learning rates at `step` (0-based) under `schedule`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "poly-epoch":  # the polynomial stepped once per epoch, over `steps` epochs
+        return (1.0 - (step // epoch_steps) / steps) ** power
+    if schedule == "poly-step":
+        return (1.0 - step / steps) ** power
+    raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
+
+
 class Trainer:
+    """Trains the model's Compressor and Labeler on a feature cache, on the model's device."""
+
     def __init__(self, model: SegUnifyModel, cache: FeatureCache, config: TrainConfig):
         self.model, self.cache, self.config = model, cache, config
         self.optimizer = torch.optim.Adam(
@@ -90,11 +147,17 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.step = 0
+        self.extra_tensors: dict[str, torch.Tensor] = {}
+        self.epoch_steps = steps_per_epoch(len(cache), config.batch_size)
+        self.device = model.labeler.local_prototypes.device
+        self.amp = config.amp and self.device.type == "cuda"
+        if config.amp and not self.amp:
+            log.info("--amp: mixed precision runs on CUDA GPUs only; training in float32 on %s.", self.device.type)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
     def train_step(self) -> dict[str, float]:
         c = self.config
         gen = _step_generator(c.seed, self.step)
-        torch.manual_seed(c.seed * 1_000_003 + self.step)  # dropout
         n = len(self.cache)
         batch = min(c.batch_size, n)
         indices = torch.randperm(n, generator=gen)[:batch]
@@ -105,31 +168,50 @@ class Trainer:
             top = int(torch.randint(0, feats.shape[-2] - crop + 1, (1,), generator=gen))
             left = int(torch.randint(0, feats.shape[-1] - crop + 1, (1,), generator=gen))
             feats = feats[..., top:top + crop, left:left + crop]
+        feats = feats.to(self.device)
+        factor = lr_factor(c.lr_schedule, self.step, c.steps, c.poly_power, self.epoch_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(group["base_lr"], self.step, c.steps, c.poly_power)
-        self.model.compressor.train()
-        perturbed = self.model.compressor.perturb(feats)
-        code = self.model.compressor.encode(perturbed)
-        terms = energy(perturbed, self.model.labeler.teacher_logits(code),
-                       self.model.labeler.student_logits(code), c.temperature, c.shift_intra,
-                       c.shift_inter, c.pointwise, gen)
+            group["lr"] = group["base_lr"] * factor
+        compressor, labeler = self.model.compressor, self.model.labeler
+        compressor.train()
+        # The masks come from the step's own generator (CPU), drawn before the pairing.
+        linear_in, nonlinear_in, affinity = compressor.perturbed_inputs(feats, gen, c.dropout_masks)
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext())
+        with autocast:
+            code = compressor.encode_branches(linear_in, nonlinear_in)
+            terms = energy(affinity, labeler.teacher_logits(code), labeler.student_logits(code), c.temperature,
+                           c.shift_intra, c.shift_inter, c.pointwise, gen, c.pairing)
+        if c.ema_order == "before":  # the reference: inside the step, from the local prototypes before it
+            labeler.ema_update(c.alpha)
         self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        self.optimizer.step()
-        self.model.labeler.ema_update(c.alpha)
+        if self.scaler is not None:
+            self.scaler.scale(terms.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms.total.backward()
+            self.optimizer.step()
+        if c.ema_order == "after":
+            labeler.ema_update(c.alpha)
         self.step += 1
         return {"loss": terms.total.item(), "closeness": terms.closeness.item(),
                 "cross": terms.cross_image.item(), "data": terms.data.item(),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
     # Training state: safetensors tensors + JSON, like the model file (never pickled).
-    def save_state(self, path: Path, extra: dict[str, Any]) -> None:
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.head_state().items()}
+    def save_state(self, path: Path, extra: dict[str, Any],
+                   extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """extra: JSON-able values; extra_tensors: more tensors (read back as `self.extra_tensors`)."""
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.head_state().items()}
         opt = self.optimizer.state_dict()
         for idx, state in opt["state"].items():
             for name, value in state.items():
-                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
+        for name, value in (extra_tensors or {}).items():
+            tensors[f"extra.{name}"] = value.detach().cpu().contiguous()
         meta = {"format": STATE_FORMAT, "step": self.step, "config": dataclasses.asdict(self.config), **extra}
+        if self.scaler is not None:
+            meta["scaler"] = self.scaler.state_dict()
         write_safetensors(path, tensors, meta)
 
     def load_state(self, path: Path) -> dict[str, Any]:
@@ -154,6 +236,9 @@ class Trainer:
                 state.setdefault(int(idx), {})[name] = value
         opt["state"] = state
         self.optimizer.load_state_dict(opt)
+        self.extra_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+        if self.scaler is not None and "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
         return meta
 
@@ -176,20 +261,26 @@ def state_path(model_path: Path) -> Path:
 def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
           backbone_name: str = "dino_vits8", backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
-          resume: bool = False, device: str = "cpu", potsdam_split: str = "all_train",
+          resume: bool = False, device: str = "cpu", potsdam_split: str | None = None,
           on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
-          client: Any = None) -> SegUnifyModel:
+          client: Any = None, val: str | Path | None = None) -> SegUnifyModel:
     """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
 
+    With `val` (labelled data: a Potsdam folder, whose fixed validation subset of labelled_train is
+    used, or a folder with images/ and labels/), the model is scored every `config.val_every` steps
+    and at the end, and the one with the best validation mIoU is written; validation images are
+    kept out of the training data. No test split is ever read.
+
     With a Dask `client`, the feature cache is computed on its workers (which must see the data
-    and the backbone weights at the same paths); the head trains here either way."""
+    and the backbone weights at the same paths); the head trains here either way.
+    `potsdam_split` (older callers) overrides `config.potsdam_split`."""
+    from .evaluation import ValidationData, Validator
+
     output = Path(output)
     torch_device = torch.device(device)
-    if config.local_sets < 1:
-        raise SegUnifyError("--local-sets must be at least 1 (1 is the published single set).")
-    if config.steps < 1 or config.batch_size < 2:
-        raise SegUnifyError("Training needs --steps >= 1 and --batch-size >= 2 (cross-image "
-                            "smoothness pairs different images).")
+    if potsdam_split is not None:
+        config = dataclasses.replace(config, potsdam_split=potsdam_split)
+    config.check()
     if backbone is None:
         backbone = create_backbone(backbone_name, backbone_weights)
     backbone = backbone.to(torch_device)
@@ -197,51 +288,83 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
         raise SegUnifyError(f"--window {config.window} is not a multiple of the backbone's patch size "
                             f"{backbone.patch_size}; pick e.g. {config.window // backbone.patch_size * backbone.patch_size}.")
 
-    images, sizes, gsds = _usable_images(training_images(data, potsdam_split), config.bands)
+    validation = ValidationData.open(val, bands=config.bands) if val is not None else None
+    exclude = validation.training_keys if validation else frozenset()
+    images, sizes, gsds = _usable_images(training_images(data, config.potsdam_split, exclude), config.bands)
     known = [g for g in gsds if g]
     target_gsd = config.gsd or (statistics.median(known) if known else None)
     scales = [(target_gsd / g) if (target_gsd and g) else 1.0 for g in gsds]
     windows = plan_windows(sizes, scales, config.window, config.max_windows, config.seed,
                            config.five_crop, config.crop_ratio)
     windows.sort(key=lambda w: w.image)  # the reader opens each image once
-    key = cache_key(images, windows, config.window, backbone, backbone_weights, config.flip, config.bands)
-    folder = Path(cache_dir or default_cache_dir()) / key
+    key = cache_key(images, windows, config.window, backbone, backbone_weights, config.flip, config.bands,
+                    config.resize)
+    cache_root = Path(cache_dir or default_cache_dir())
+    folder = cache_root / key
     cache_progress = (lambda d, t: on_progress("features", d, t, {})) if on_progress else None
     if client is not None:
         cache = build_cache_on_cluster(folder, client, images, windows, config.window, config.bands, backbone,
-                                       backbone_weights, config.flip, torch_device.type, cache_progress)
+                                       backbone_weights, config.flip, torch_device.type, cache_progress,
+                                       resize=config.resize)
     else:
-        reader = WindowReader(images, windows, config.window, config.bands)
+        reader = WindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
                                 device=torch_device, progress=cache_progress)
         finally:
             reader.close()
+    validator = None
+    if validation is not None:
+        val_progress = (lambda d, t: on_progress("validation features", d, t, {})) if on_progress else None
+        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, val_progress)
 
-    model = new_model(backbone, config, target_gsd)
+    model = new_model(backbone, config, target_gsd).to(torch_device)
     trainer = Trainer(model, cache, config)
     checkpoint = state_path(output)
+    history: list[dict[str, float]] = []
+    best: dict[str, torch.Tensor] | None = None
     if resume and checkpoint.is_file():
         meta = trainer.load_state(checkpoint)
-        if meta.get("cache_key") != key or meta["config"] != dataclasses.asdict(config):
+        if meta.get("cache_key") != key or meta["config"] != dataclasses.asdict(config) \
+                or meta.get("validation") != (validation.description if validation else None):
             raise SegUnifyError(f"Checkpoint '{checkpoint}' was made with other data or settings; "
                                 "rerun with the same ones or drop --resume.")
+        history = meta.get("history", [])
+        best = {k[5:]: v for k, v in trainer.extra_tensors.items() if k.startswith("best.")} or None
         log.info("resuming from step %d", trainer.step)
     summary = {
         "images": len(images), "windows": len(windows), "pixels": int(sum(w * h for w, h in sizes)),
         "gsd_m": target_gsd, "files": [im.label for im in images[:20]],
+        "steps_per_epoch": trainer.epoch_steps,
     }
     while trainer.step < config.steps:
         stats = trainer.train_step()
         if on_progress:
             on_progress("train", trainer.step, config.steps, stats)
+        if validator is not None and (trainer.step % config.val_every == 0 or trainer.step == config.steps):
+            scores = validator.score(model)
+            history.append({"step": trainer.step, "accuracy": scores.accuracy, "miou": scores.miou})
+            if best is None or scores.miou > max(h["miou"] for h in history[:-1]):
+                best = {k: v.detach().clone() for k, v in model.head_state().items()}
+            log.info("step %d: validation accuracy %.4f, mIoU %.4f", trainer.step, scores.accuracy, scores.miou)
         if trainer.step % config.checkpoint_every == 0 and trainer.step < config.steps:
-            trainer.save_state(checkpoint, {"cache_key": key})
+            extra = {"cache_key": key, "validation": validation.description if validation else None,
+                     "history": history}
+            trainer.save_state(checkpoint, extra, {f"best.{k}": v for k, v in (best or {}).items()})
+    training: dict[str, Any] = {"config": dataclasses.asdict(config), "data": summary,
+                                "backbone_weights": str(backbone_weights) if backbone_weights else "hub",
+                                "amp": trainer.amp}
+    if validation is not None and best is not None:
+        model.load_state_dict(best, strict=False)
+        top = max(history, key=lambda h: h["miou"])
+        training["validation"] = {**validation.description, "every": config.val_every, "history": history,
+                                  "best_step": top["step"], "best_miou": top["miou"],
+                                  "best_accuracy": top["accuracy"]}
+        log.info("kept the model of step %d (validation mIoU %.4f)", top["step"], top["miou"])
     model.backbone = backbone
     model.eval()
-    model.metadata = {"training": {"config": dataclasses.asdict(config), "data": summary,
-                                   "backbone_weights": str(backbone_weights) if backbone_weights else "hub",
-                                   "cluster_shares": cluster_shares(model, cache)}}
+    training["cluster_shares"] = cluster_shares(model, cache)
+    model.metadata = {"training": training}
     save_model(model, output)
     checkpoint.unlink(missing_ok=True)
     return model
