@@ -278,32 +278,41 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
 
     errors: dict[int, str] = {}
     computed: list[str] = []
+    waiting = {index: {p.id for p in todo if p.raster.index == index} for index in rasters}
+    assemble_s = [0.0]
+
+    def finish(index: int) -> None:
+        """Assemble a raster as soon as its last part is in: finished files appear as the job goes."""
+        clock = time.perf_counter()
+        try:
+            assemble(rasters[index], by_raster[index], manifest.folder, model.legend, options.cog,
+                     options.probabilities_dtype, options.preview if len(rasters) == 1 else None)
+        except SegUnifyError as exc:
+            if not keep_going:
+                raise
+            errors[index] = str(exc)
+        assemble_s[0] += time.perf_counter() - clock
+
     clock = time.perf_counter()
-    job = manifest.job
-    for part, hashes, exc in run_parts(todo, spec, client, model, crf, job, windows_done):
+    for index in [i for i, left in waiting.items() if not left]:  # every part reused
+        finish(index)
+    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, windows_done):
+        index = part.raster.index
         if exc is not None:
             if not keep_going:
                 raise exc
-            errors.setdefault(part.raster.index, str(exc))
+            errors.setdefault(index, str(exc))
             continue
         manifest.record(part.id, hashes)  # type: ignore[arg-type]
         computed.append(part.id)
-    run_s, clock = time.perf_counter() - clock, time.perf_counter()
-    results = []
-    for index, raster in rasters.items():
-        error = errors.get(index)
-        if error is None:
-            try:
-                assemble(raster, by_raster[index], manifest.folder, model.legend, options.cog,
-                         options.probabilities_dtype, options.preview if len(rasters) == 1 else None)
-            except SegUnifyError as exc:
-                if not keep_going:
-                    raise
-                error = str(exc)
-        results.append(RasterResult(raster.input, raster.output, raster.width, raster.height,
-                                    len(raster.window_plan()), raster.scale, error))
+        waiting[index].discard(part.id)
+        if not waiting[index] and index not in errors:
+            finish(index)
+    run_s = time.perf_counter() - clock - assemble_s[0]
+    results = [RasterResult(r.input, r.output, r.width, r.height, len(r.window_plan()), r.scale, errors.get(i))
+               for i, r in rasters.items()]
     return JobReport(results, len(parts), computed, reused, model.n_classes, spec.device, spec.precision,
-                     model, dict(manifest.parts), {"run": run_s, "assemble": time.perf_counter() - clock})
+                     model, dict(manifest.parts), {"run": run_s, "assemble": assemble_s[0]})
 
 
 def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,

@@ -360,18 +360,17 @@ def test_batch_interrupted(env, sig):
                                    "--backbone-weights", str(env["weights"]), "--window", "224", "--stride", "160",
                                    "--batch-size", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
-    done_files = 0
-    for line in proc.stdout:
+    for line in proc.stdout:  # one job over the four files; each file is assembled once its parts are in
         event = json.loads(line)
-        if event.get("phase") == "segment" and event["done"] == event["total"]:
-            done_files += 1
-        if done_files == 1 and event.get("phase") == "segment" and 40 <= event["percent"] < 100:
+        if (out / "t0_classes.tif").exists() and event.get("phase") == "segment" and 40 <= event["percent"] < 75:
             proc.send_signal(sig)
             break
     proc.wait(timeout=120)
     assert proc.returncode == 130
     names = sorted(os.listdir(out))
-    assert names == ["t0_classes.qml", "t0_classes.tif", "t0_classes.tif.aux.xml"], names  # the finished file stays, nothing partial
+    # the finished file stays, nothing partial; the job's finished parts stay for the next run (resume)
+    assert names == [".segunify-parts", "t0_classes.qml", "t0_classes.tif", "t0_classes.tif.aux.xml"], names
+    assert not [p for p in (out / ".segunify-parts").iterdir() if ".partial" in p.name]
     assert digest(folder) == before
 
 
