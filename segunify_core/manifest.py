@@ -28,11 +28,14 @@ class Manifest:
         return self.folder / MANIFEST
 
     @classmethod
-    def open(cls, folder: Path, job: str, resume: bool) -> Manifest:
-        """The job's manifest: the recorded parts when resuming the same job, else a new one."""
+    def open(cls, folder: Path, job: str, resume: bool, strict: bool = True) -> Manifest:
+        """The job's manifest: the recorded parts when resuming the same job, else a new one.
+        strict: a manifest of another job is an error (else it is dropped and the job starts over)."""
         path = folder / MANIFEST
         if resume and path.is_file():
             data = json.loads(path.read_text())
+            if data.get("job") != job and not strict:
+                return cls(folder, job)
             if data.get("job") != job:
                 raise SegUnifyError(f"The unfinished run in '{folder}' was made with other inputs or settings; "
                                     "rerun with the same ones, or start over without resuming (drop --resume; for batch, --no-resume).")

@@ -188,7 +188,8 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
             "fit": dataclasses.asdict(fit) if model is None and fit else None,
             "backbone": backbone.spec.name if model is None and backbone else None}
     job = _fingerprint(parts, options, what)
-    manifest = Manifest.open(folder, job, options.resume)
+    # batch (keep_going) skips finished outputs, so its rerun can be a smaller job: start that one over
+    manifest = Manifest.open(folder, job, options.resume, strict=not keep_going)
     if not manifest.parts:
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
