@@ -140,7 +140,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[s
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata={"segunify": json.dumps(meta)})
-        except (OSError, RuntimeError, ValueError) as exc:  # safetensors reports a full disk its own way
+        except Exception as exc:  # safetensors reports a full disk in its own error type
             raise write_failure(path, exc) from None
 
 

@@ -278,53 +278,17 @@ def test_gdal_block_cache_capped_at_128_megabytes(model, tmp_path, monkeypatch):
     (128 bytes instead of 128 MB made a decimated read of a 2k raster take 18 s instead of 0.03 s)."""
     from rasterio._env import get_gdal_config
 
-    import segunify_core.segment as segment_module
+    import segunify_core.windows as windows_module
 
     seen = {}
-    inner = segment_module._segment_raster
+    inner = windows_module.TileSource.read
 
-    def spy(*args, **kwargs):
+    def spy(self, tile):  # every window of every part is read under the cap
         seen["cache"] = get_gdal_config("GDAL_CACHEMAX")
-        return inner(*args, **kwargs)
+        return inner(self, tile)
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    monkeypatch.setattr(segment_module, "_segment_raster", spy)
+    monkeypatch.setattr(windows_module.TileSource, "read", spy)
     img, _ = make_blobs(300, 300, seed=2)
     run_segment(model, write_geotiff(tmp_path / "in.tif", img), tmp_path / "out.tif")
     assert seen["cache"] == 128 * 1024 * 1024
-
-
-def test_blender_matches_whole_raster_accumulation():
-    """The row-band blender (buffers reused, rows moved to the front, popped in strips) gives the
-    blend of a whole-raster accumulation, with skipped windows, any batch size and strip height."""
-    from segunify_core.segment import _Blender
-    from segunify_core.tiling import WindowPlan
-
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        width, height = (int(v) for v in rng.integers(50, 700, 2))
-        window = int(rng.choice([64, 96, 128]))
-        plan = WindowPlan(width, height, window, window - int(rng.choice([0, 16, 32])),
-                          int(rng.integers(0, 300)), int(rng.integers(0, 300)))
-        blender, tiles, n_cols = _Blender(plan, 3), list(plan.tiles()), len(plan.col_offsets)
-        total, weights = np.zeros((3, height, width)), np.zeros((height, width))
-        out = np.zeros((3, height, width))
-        batch, strip, done = int(rng.integers(1, 6)), int(rng.integers(1, 40)), 0
-        for start in range(0, len(tiles), batch):
-            for tile in tiles[start:start + batch]:
-                if rng.random() < 0.1:
-                    continue  # a window without valid pixels is never added
-                probs = rng.random((3, tile.height, tile.width)).astype(np.float32)
-                blender.add(tile, probs)
-                rows, cols = slice(tile.row_off, tile.row_off + tile.height), slice(tile.col_off, tile.col_off + tile.width)
-                total[:, rows, cols] += probs * plan.weights(tile)
-                weights[rows, cols] += plan.weights(tile)
-            last = tiles[min(start + batch, len(tiles)) - 1]
-            finished = last.row + 1 if last.col == n_cols - 1 else last.row
-            for r in range(done, finished):
-                while blender.top < plan.rows_final_after(r):
-                    top = blender.top
-                    probs, _ = blender.pop(min(plan.rows_final_after(r), top + strip))
-                    out[:, top:top + probs.shape[1]] = probs
-            done = finished
-        np.testing.assert_allclose(out, total / np.maximum(weights, 1e-12), atol=1e-5)
