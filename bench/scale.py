@@ -2,9 +2,10 @@
 
 Figures, each measured in this run:
 1. speed-up of a LocalCluster of 2 worker processes over the in-process engine on a 4096 px
-   raster (the same parts; on a 2-core machine expect about 1x: both engines use both cores).
+   raster cut into parts of --block px (the same parts for both engines, so the cluster has parts
+   to share; on a 2-core machine expect about 1x: both engines use both cores).
 2. halo overhead: windows computed over all parts / windows of the raster's plan, minus 1, per
-   axis, against the W / B estimate (W window, B part side).
+   axis, against the W / B estimate (W window, B part side), for that block and the default one.
 3. scheduler overhead per task: wall time of 200 empty Dask tasks / 200.
 4. worker cold start: LocalCluster start-up, and the first part's extra time on a fresh worker
    (loading torch, the backbone and the model) over a later part of the same size.
@@ -56,6 +57,18 @@ def _options(**kw):
     return SegmentOptions(**{"window": 320, "stride": 256, "flip": False, "overwrite": True, **kw})
 
 
+def halo_overhead(src: Path, patch_size: int, block: int) -> None:
+    """Windows computed over all parts against the windows of the whole raster's plan."""
+    from segunify_core.planning import Geometry, plan
+
+    parts = plan([src], [src.with_name("halo.tif")], Geometry(320, 256, patch_size, 0.5), block=block)
+    computed = sum(len(p.tiles()) for p in parts)
+    windows = len(parts[0].raster.window_plan())
+    report("scale_halo_overhead_per_axis", (computed / windows) ** 0.5 - 1, "fraction",
+           estimate_w_over_b=round(320 / block, 4), block=block, windows=windows, computed=computed,
+           parts=len(parts))
+
+
 def _cluster(workers: int = 2):
     import distributed
 
@@ -66,19 +79,19 @@ def _cluster(workers: int = 2):
     return cluster, client, time.perf_counter() - start
 
 
-def speedup_and_overheads(tmp: Path, side: int) -> None:
+def speedup_and_overheads(tmp: Path, side: int, block: int) -> None:
     from segunify_core.planning import DEFAULT_BLOCK
     from segunify_core.segment import segment
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / f"r{side}.tif", side)
     start = time.perf_counter()
-    local = segment([src], [tmp / "local.tif"], model, _options())
+    local = segment([src], [tmp / "local.tif"], model, _options(block=block))
     local_s = time.perf_counter() - start
     cluster, client, startup_s = _cluster()
     try:
         start = time.perf_counter()
-        dask = segment([src], [tmp / "dask.tif"], model, _options(), client=client, model_file=path,
+        dask = segment([src], [tmp / "dask.tif"], model, _options(block=block), client=client, model_file=path,
                        backbone_weights=weights)
         dask_s = time.perf_counter() - start
         empty = time.perf_counter()
@@ -88,20 +101,23 @@ def speedup_and_overheads(tmp: Path, side: int) -> None:
         client.close()
         cluster.close()
     report("scale_speedup_local2", local_s / dask_s, "x", in_process_s=round(local_s, 2),
-           cluster_s=round(dask_s, 2), raster_px=side, parts=local.parts, note="2 cores: about 1x expected")
-    from segunify_core.planning import Geometry, plan
-
-    parts = plan([src], [tmp / "x.tif"], Geometry(320, 256, model.config.patch_size, 0.5), block=DEFAULT_BLOCK)
-    computed = sum(len(p.tiles()) for p in parts)
-    windows = len(parts[0].raster.window_plan())
-    per_axis = (computed / windows) ** 0.5 - 1
-    report("scale_halo_overhead_per_axis", per_axis, "fraction", estimate_w_over_b=round(320 / DEFAULT_BLOCK, 4),
-           windows=windows, computed=computed, parts=len(parts))
+           cluster_s=round(dask_s, 2), raster_px=side, block=block, parts=local.parts,
+           identical=_same_labels(tmp / "local.tif", tmp / "dask.tif"), note="2 cores: about 1x expected")
+    for size in sorted({block, DEFAULT_BLOCK}):
+        halo_overhead(src, model.config.patch_size, size)
     report("scale_scheduler_overhead_per_task", per_task_ms, "ms", tasks=200)
     report("scale_cluster_startup", startup_s, "s", workers=2)
     report("scale_assembly_share", local.seconds["assemble"] / local_s, "fraction",
            assemble_s=round(local.seconds["assemble"], 2), total_s=round(local_s, 2), engine="in-process",
            cluster_share=round(dask.seconds["assemble"] / dask_s, 4))
+
+
+def _same_labels(a: Path, b: Path) -> bool:
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        return bool(np.array_equal(x.read(), y.read()))
 
 
 def cold_start(tmp: Path) -> None:
@@ -152,9 +168,9 @@ def worker_rss(tmp: Path, sides: list[int]) -> None:
            target="<= 1.25", ok=peaks[last] / peaks[first] <= 1.25)
 
 
-def run(sides: list[int] | None = None, side: int = 4096) -> None:
+def run(sides: list[int] | None = None, side: int = 4096, block: int = 1024) -> None:
     with tempfile.TemporaryDirectory(prefix="segunify-scale-") as tmp:
-        speedup_and_overheads(Path(tmp), side)
+        speedup_and_overheads(Path(tmp), side, block)
         cold_start(Path(tmp))
         worker_rss(Path(tmp), sides or [4096, 8192, 16384])
 
@@ -162,6 +178,7 @@ def run(sides: list[int] | None = None, side: int = 4096) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=4096)
+    parser.add_argument("--block", type=int, default=1024, help="part side for the speed-up run")
     parser.add_argument("--rss-sides", default="4096,8192,16384")
     args = parser.parse_args()
-    run([int(s) for s in args.rss_sides.split(",")], args.side)
+    run([int(s) for s in args.rss_sides.split(",")], args.side, args.block)

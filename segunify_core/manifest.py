@@ -20,8 +20,10 @@ MANIFEST = "manifest.json"
 class Manifest:
     """Part id -> {file kind: SHA-256}, for one job (named by its fingerprint)."""
 
-    def __init__(self, folder: Path, job: str, parts: dict[str, dict[str, str]] | None = None):
+    def __init__(self, folder: Path, job: str, parts: dict[str, dict[str, str]] | None = None,
+                 resumed: bool = False):
         self.folder, self.job, self.parts = folder, job, parts or {}
+        self.resumed = resumed  # True when this is the same job's manifest from an earlier run
 
     @property
     def path(self) -> Path:
@@ -39,7 +41,7 @@ class Manifest:
             if data.get("job") != job:
                 raise SegUnifyError(f"The unfinished run in '{folder}' was made with other inputs or settings; "
                                     "rerun with the same ones, or start over without resuming (drop --resume; for batch, --no-resume).")
-            return cls(folder, job, data["parts"])
+            return cls(folder, job, data["parts"], resumed=True)
         return cls(folder, job)
 
     def save(self) -> None:

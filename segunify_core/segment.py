@@ -190,9 +190,12 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     job = _fingerprint(parts, options, what)
     # batch (keep_going) skips finished outputs, so its rerun can be a smaller job: start that one over
     manifest = Manifest.open(folder, job, options.resume, strict=not keep_going)
-    if not manifest.parts:
+    if not manifest.resumed:
+        # a new job: clear what another run left, and record the job at once, so that a run killed
+        # before its first part (during self-fit) still resumes with the model it fitted
         shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True)
+        manifest.save()
     finished = False
     try:
         if model is None:

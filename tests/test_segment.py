@@ -292,3 +292,36 @@ def test_gdal_block_cache_capped_at_128_megabytes(model, tmp_path, monkeypatch):
     img, _ = make_blobs(300, 300, seed=2)
     run_segment(model, write_geotiff(tmp_path / "in.tif", img), tmp_path / "out.tif")
     assert seen["cache"] == 128 * 1024 * 1024
+
+
+def test_resume_after_a_kill_during_self_fit_keeps_the_fitted_model(tiny_backbone, tmp_path, monkeypatch):
+    """A run stopped after self-fit, before its first part, resumes without fitting again."""
+    import segunify_core.segment as segment_module
+    from segunify_core.selffit import SelfFitOptions
+
+    img, _ = make_blobs(400, 300, seed=11)
+    src = write_geotiff(tmp_path / "in.tif", img)
+    options = SegmentOptions(window=224, stride=160, block=160, flip=False, resume=True)
+    fit = SelfFitOptions(classes=3, steps=10, max_windows=4, cache_dir=tmp_path)
+    segment_raster(src, tmp_path / "ref.tif", None, SegmentOptions(window=224, stride=160, flip=False),
+                   fit=fit, backbone=tiny_backbone)
+
+    def stop_at_first_part(phase, done, total):
+        if phase == "segment":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment_raster(src, out, None, options, fit=fit, backbone=tiny_backbone, progress=stop_at_first_part)
+    folder = tmp_path / ".out.tif.parts"
+    assert (folder / "self-fit.safetensors").is_file() and (folder / "manifest.json").is_file()
+    assert not out.exists()
+
+    def no_second_fit(*args, **kwargs):
+        raise AssertionError("the resumed run fitted again")
+
+    monkeypatch.setattr(segment_module, "self_fit", no_second_fit)
+    segment_raster(src, out, None, options, fit=fit, backbone=tiny_backbone)
+    with rasterio.open(out) as a, rasterio.open(tmp_path / "ref.tif") as b:
+        assert np.array_equal(a.read(), b.read()), "the resumed run gives the uninterrupted run's output"
+    assert not folder.exists()
