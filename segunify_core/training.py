@@ -158,17 +158,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         c = self.config
         gen = _step_generator(c.seed, self.step)
-        n = len(self.cache)
-        batch = min(c.batch_size, n)
-        indices = torch.randperm(n, generator=gen)[:batch]
-        views = torch.randint(0, self.cache.views, (batch,), generator=gen)
-        feats = self.cache.batch(indices, views)
-        crop = c.feature_crop
-        if crop and crop < min(feats.shape[-2:]):
-            top = int(torch.randint(0, feats.shape[-2] - crop + 1, (1,), generator=gen))
-            left = int(torch.randint(0, feats.shape[-1] - crop + 1, (1,), generator=gen))
-            feats = feats[..., top:top + crop, left:left + crop]
-        feats = feats.to(self.device)
+        feats = (self._batch(gen) if len(self.cache) > 1 else self._one_window_batch(gen)).to(self.device)
         factor = lr_factor(c.lr_schedule, self.step, c.steps, c.poly_power, self.epoch_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -197,6 +187,36 @@ class Trainer:
         return {"loss": terms.total.item(), "closeness": terms.closeness.item(),
                 "cross": terms.cross_image.item(), "data": terms.data.item(),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _batch(self, gen: torch.Generator) -> torch.Tensor:
+        """Distinct windows (a random view of each), all cropped at one random place of the grid."""
+        c, n = self.config, len(self.cache)
+        batch = min(c.batch_size, n)
+        indices = torch.randperm(n, generator=gen)[:batch]
+        views = torch.randint(0, self.cache.views, (batch,), generator=gen)
+        feats = self.cache.batch(indices, views)
+        crop = c.feature_crop
+        if crop and crop < min(feats.shape[-2:]):
+            top = int(torch.randint(0, feats.shape[-2] - crop + 1, (1,), generator=gen))
+            left = int(torch.randint(0, feats.shape[-1] - crop + 1, (1,), generator=gen))
+            feats = feats[..., top:top + crop, left:left + crop]
+        return feats
+
+    def _one_window_batch(self, gen: torch.Generator) -> torch.Tensor:
+        """A cache of one window (a raster smaller than two windows) has no second image to pair
+        with: the batch is its views, drawn with replacement, each cropped at its own random place
+        (three quarters of the grid, or `feature_crop` if smaller), so the pairs are different
+        regions."""
+        c = self.config
+        views = torch.randint(0, self.cache.views, (c.batch_size,), generator=gen)
+        if self.cache.views > 1:  # the window and its mirror both take part
+            views[:2] = torch.randperm(2, generator=gen)
+        grid = self.cache.batch(torch.zeros(c.batch_size, dtype=torch.long), views)
+        h, w = grid.shape[-2:]
+        crop = max(1, min(c.feature_crop or h, h, w, (3 * min(h, w)) // 4))
+        tops = torch.randint(0, h - crop + 1, (c.batch_size,), generator=gen).tolist()
+        lefts = torch.randint(0, w - crop + 1, (c.batch_size,), generator=gen).tolist()
+        return torch.stack([g[:, t:t + crop, x:x + crop] for g, t, x in zip(grid, tops, lefts, strict=True)])
 
     # Training state: safetensors tensors + JSON, like the model file (never pickled).
     def save_state(self, path: Path, extra: dict[str, Any],
