@@ -238,14 +238,16 @@ class Trainer:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
+                                "and train without resuming (--resume).")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads((handle.metadata() or {})["segunify"])
             tensors = load_file(str(path))
-            assert meta["format"] == STATE_FORMAT
-        except Exception:
-            raise SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify "
-                                "checkpoint; delete it and train without --resume.") from None
+        except Exception:  # unreadable safetensors, no or broken JSON metadata
+            raise damaged from None
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
+            raise damaged
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                                    strict=False)
         opt = self.optimizer.state_dict()
@@ -270,8 +272,9 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
         code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
         outer_silu=config.outer_silu, feature_width=backbone.width, patch_size=backbone.patch_size,
         bands=config.bands, gsd=gsd, local_sets=config.local_sets)
-    torch.manual_seed(config.seed)  # prototype and layer initialisation
-    return SegUnifyModel(model_config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's generator is left as it was
+        torch.manual_seed(config.seed)
+        return SegUnifyModel(model_config)
 
 
 def state_path(model_path: Path) -> Path:
@@ -303,6 +306,8 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     config.check()
     if backbone is None:
         backbone = create_backbone(backbone_name, backbone_weights)
+    if backbone_weights is None and backbone.weights is not None:  # cache key and cluster workers name the file
+        backbone_weights = backbone.weights.path
     backbone = backbone.to(torch_device)
     if config.window % backbone.patch_size:
         raise SegUnifyError(f"--window {config.window} is not a multiple of the backbone's patch size "
@@ -345,7 +350,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     best: dict[str, torch.Tensor] | None = None
     if resume and checkpoint.is_file():
         meta = trainer.load_state(checkpoint)
-        if meta.get("cache_key") != key or meta["config"] != dataclasses.asdict(config) \
+        if meta.get("cache_key") != key or meta.get("config") != dataclasses.asdict(config) \
                 or meta.get("validation") != (validation.description if validation else None):
             raise SegUnifyError(f"Checkpoint '{checkpoint}' was made with other data or settings; "
                                 "rerun with the same ones or drop --resume.")
@@ -401,7 +406,7 @@ def _usable_images(images: list[TrainingImage], bands) -> tuple[list[TrainingIma
             continue
         usable.append(image)
         sizes.append((source.width, source.height))
-        gsds.append(getattr(source, "gsd", None))
+        gsds.append(source.gsd)
         source.close()
     if skipped:
         log.warning("skipped %d unreadable training image(s), e.g. %s", len(skipped), skipped[0][1])
