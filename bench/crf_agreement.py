@@ -40,8 +40,7 @@ def main() -> None:
         raise SystemExit("pydensecrf (pydensecrf2) is not installed; nothing to compare")
     with tempfile.TemporaryDirectory() as tmp:
         weights = random_checkpoint("vit_small_patch8_224.dino", Path(tmp))
-        backbone = create_backbone("dino_vits8", weights)
-        backbone.precision = choose_precision("auto", torch.device("cpu"))
+        backbone = create_backbone("dino_vits8", weights, precision=choose_precision("auto", torch.device("cpu")))
         ref, fast = PyDenseCRF(), TorchDenseCRF(stride=int(os.environ.get("CRF_STRIDE", 16)))
         totals = []
         for name in RASTERS:

@@ -45,7 +45,7 @@ import rasterio
 import torch
 from common import REPO, generated_raster, random_checkpoint, report
 
-from segunify_core.backbone import choose_precision, create_backbone
+from segunify_core.backbone import choose_precision, create_backbone, reuse_freed_memory
 
 TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
 
@@ -89,8 +89,7 @@ def matmul(precision: str, n: int = 4096):
 def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds: int) -> float:
     """Returns the backbone's seconds per window (one forward pass)."""
     spec_model = create_backbone(name, pretrained=False)
-    backbone = create_backbone(name, random_checkpoint(spec_model.spec.timm_name, tmp))
-    backbone.precision = precision
+    backbone = create_backbone(name, random_checkpoint(spec_model.spec.timm_name, tmp), precision=precision)
     x = torch.rand(windows, 3, 320, 320) * 255
     batch = torch.cat([x, x.flip(-1)])  # the pipeline's call: windows and their mirrors
     product, product_flops = matmul(precision)
@@ -157,15 +156,13 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     weights = random_checkpoint("vit_small_patch8_224.dino", tmp)
     src = generated_raster(tmp / "pipeline.tif", side)
     model_path = tmp / "vits8.safetensors"
-    trainer_backbone = create_backbone("dino_vits8", weights)
-    trainer_backbone.precision = precision
+    trainer_backbone = create_backbone("dino_vits8", weights, precision=precision)
     train([src], model_path, TrainConfig(classes=5, steps=20, batch_size=8, max_windows=8),
           backbone=trainer_backbone, cache_dir=tmp / "cache")
     del trainer_backbone
 
-    model = load_model(model_path, backbone_weights=weights)
+    model = load_model(model_path, backbone_weights=weights, precision=precision)
     backbone = model.backbone
-    backbone.precision = precision
     with rasterio.open(src) as ds:
         windows = len(WindowPlan(side, side, 320, 256, *grid_phase(ds.transform)))
     x = torch.rand(batch, 3, 320, 320) * 255
@@ -195,10 +192,11 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
+from segunify_core.backbone import reuse_freed_memory
 from segunify_core.model import load_model
 from segunify_core.segment import SegmentOptions, segment_raster
-model = load_model({model!r}, backbone_weights={weights!r})
-model.backbone.precision = {precision!r}
+reuse_freed_memory()  # as the CLI does
+model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})
 start = time.perf_counter()
 segment_raster({warm!r}, {warm_out!r}, model, SegmentOptions(window=320, stride=256, flip=False, overwrite=True))
 warmup = time.perf_counter() - start
@@ -258,6 +256,7 @@ def main() -> None:
     parser.add_argument("--family", default="speed", choices=["speed", "scale"],
                         help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
     args = parser.parse_args()
+    reuse_freed_memory()  # as the CLI does: the measured processes run with the CLI's allocator settings
     if args.family == "scale":
         import scale
 

@@ -28,8 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = random_checkpoint(create_backbone(args.backbone, pretrained=False).spec.timm_name, tmp)
-        backbone = create_backbone(args.backbone, weights)
-        backbone.precision = choose_precision("auto", torch.device("cpu"))
+        backbone = create_backbone(args.backbone, weights, precision=choose_precision("auto", torch.device("cpu")))
         data = generated_raster(tmp / "train.tif", 2048)
         times: dict[str, float] = {}
         marks: dict[str, float] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import torch
 
@@ -13,14 +15,19 @@ from segunify_core.model import SegUnifyModel, load_model
 def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
             precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]:
     device = resolve_device(device_name)
+    settings = {"precision": choose_precision(precision, device), "fuse": eager_switch()}
     if model_path:
-        model = load_model(model_path, backbone_weights=backbone_weights)
+        model = load_model(model_path, backbone_weights=backbone_weights, **settings)
         bb = model.backbone
     else:
-        model, bb = None, create_backbone(backbone, backbone_weights)
-    bb.precision = choose_precision(precision, device)
+        model, bb = None, create_backbone(backbone, backbone_weights, **settings)
     bb.to(device)
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         click.echo(f"device: {device.type} ({name}), backbone {bb.spec.name} in {bb.precision}", err=True)
     return model, bb, device
+
+
+def eager_switch() -> bool | str:
+    """The backbone's fusion setting: SEGUNIFY_EAGER=1 turns the fused CPU graph off (debugging)."""
+    return "auto" if os.environ.get("SEGUNIFY_EAGER", "") in ("", "0") else False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from segunify_core.backbone import reuse_freed_memory
+
 from . import backbones, batch, check, classes, evaluate, tile_segment, train, vectorize
 
 
@@ -17,6 +19,7 @@ def cli(ctx: click.Context, debug: bool, progress: str) -> None:
     """Unsupervised segmentation of aerial and satellite imagery."""
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=progress)
+    reuse_freed_memory()  # this process is ours: tune its allocator for the backbone's activations
 
 
 for module in (train, tile_segment, evaluate, vectorize, classes, batch, backbones, check):

@@ -12,15 +12,16 @@ import ctypes
 import dataclasses
 import functools
 import logging
-import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import SegUnifyError
+from .manifest import file_sha256
 
 log = logging.getLogger("segunify")
 
@@ -28,6 +29,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FUSED_BATCH = 8  # windows per fused-graph call (flip averaging of the default batch of 4)
 FUSED_WARMUP_RUNS = 3  # TorchScript profiles the first runs before it runs the fused graph
+PRECISIONS = ("fp32", "bf16", "fp16")
+FUSE_CHOICES = ("auto", True, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,21 +95,40 @@ def _patch_size(model: nn.Module) -> int:
     return int(size[0] if isinstance(size, tuple | list) else size)
 
 
-def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """Accept official DINO files (plain, or training checkpoints with teacher/student) and timm."""
-    state = checkpoint
-    for key in ("teacher", "model", "state_dict", "student"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """A local backbone checkpoint: its absolute path and SHA-256 (recorded in the model file)."""
+
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> WeightsFile:
+        path = Path(path)
+        if not path.is_file():
+            raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the path given to the "
+                                "backbone weights (--backbone-weights).")
+        return cls(str(path.resolve()), file_sha256(path))
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+def _unwrap_dino(state: dict) -> dict[str, torch.Tensor]:
+    """The DINO-specific layer over timm's reading: training checkpoints keep the backbone under
+    'teacher' (preferred) or 'student', with 'backbone.' prefixes and projection heads."""
+    from timm.models import clean_state_dict
+
+    for key in ("teacher", "student"):
+        if isinstance(state.get(key), dict):
+            state = clean_state_dict(state[key])
             break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SegUnifyError("The backbone weights file holds no tensor state dict; pass an official "
-                            "DINO/DINOv2 .pth or a timm .safetensors/.pth checkpoint.")
+                            "DINO/DINOv2 .pth or a timm .safetensors/.pth checkpoint (--backbone-weights).")
     out = {}
     for key, value in state.items():
-        for prefix in ("module.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        key = key.removeprefix("backbone.")
         if key.startswith("head.") or key.startswith("head_drop."):
             continue  # DINO projection heads and classifier heads are not part of the feature extractor
         out[key] = value
@@ -114,31 +136,31 @@ def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without running code: safetensors, or torch.load with weights_only."""
+    """Read a checkpoint with timm's reader (safetensors, or torch.load with weights_only: never
+    runs code) and unwrap DINO's layouts."""
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
-        raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the path given to "
-                            "--backbone-weights.")
+        raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the path given to the "
+                            "backbone weights (--backbone-weights).")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return _unwrap_state_dict(load_file(str(path)))
-        return _unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
-    except SegUnifyError:
-        raise
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # corrupt or pickled-with-code files end here, nothing is executed
         raise SegUnifyError(
             f"Cannot read backbone weights '{path}' ({type(exc).__name__}); pass an official DINO "
-            ".pth or a timm .safetensors/.pth checkpoint."
+            ".pth or a timm .safetensors/.pth checkpoint (--backbone-weights)."
         ) from None
+    return _unwrap_dino(state)
 
 
 @functools.cache
 def reuse_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the
     system: otherwise every layer's activations are page-faulted in afresh (ViT-S/8, one 320 px
-    window on CPU: 56,000 page faults and about a fifth of the time). Once per process; Linux."""
+    window on CPU: 56,000 page faults and about a fifth of the time). A process-wide setting, so
+    only the processes SegUnify owns call it (the CLI's entry point, the Dask worker setup); the
+    library never does. Once per process; Linux."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -149,27 +171,67 @@ def reuse_freed_memory() -> None:
         pass
 
 
-class Backbone(nn.Module):
-    """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p)."""
+@contextlib.contextmanager
+def _onednn_fusion() -> Iterator[None]:
+    """oneDNN fusion on for the enclosed tracing/runs only: TorchScript reads this process-wide
+    flag whenever it (re)optimises a graph, so it is set around ours and then restored."""
+    before = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(before)
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module):
+
+class Backbone(nn.Module):
+    """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p).
+
+    precision: "fp32", "bf16" or "fp16" (autocast). fuse (CPU execution, see `_fused`): "auto"
+    fuses the bfloat16 graph and runs float32 eagerly; True/False force the fused graph on or off.
+    weights: the local checkpoint the ViT was loaded from (None: hub or random weights).
+    The settings are fixed at construction; `with_settings` gives a backbone with others.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, precision: str = "fp32",
+                 fuse: bool | str = "auto", weights: WeightsFile | None = None):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} (--precision).")
+        if fuse not in FUSE_CHOICES:
+            raise ValueError(f"fuse must be one of {FUSE_CHOICES}, not {fuse!r}")
         self.spec = spec
         self.model = model
+        self._precision, self._fuse, self._weights = precision, fuse, weights
         self.patch_size = _patch_size(model)
         self.width = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.precision = "fp32"
-        # CPU execution (see `_fused`): "auto" fuses the bfloat16 graph and runs float32 eagerly;
-        # True/False force the fused graph on or off; SEGUNIFY_EAGER=1 turns it off for debugging.
-        self.fuse: bool | str = "auto" if os.environ.get("SEGUNIFY_EAGER", "") in ("", "0") else False
         self._graphs: dict[tuple, _FusedGraph | None] = {}
         self._graph_models: dict[torch.dtype, nn.Module] = {}
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.eval()
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def fuse(self) -> bool | str:
+        return self._fuse
+
+    @property
+    def weights(self) -> WeightsFile | None:
+        return self._weights
+
+    def with_settings(self, precision: str | None = None, fuse: bool | str | None = None) -> Backbone:
+        """A backbone sharing this one's frozen ViT, with another precision and/or fusion."""
+        if (precision or self.precision) == self.precision and (self.fuse if fuse is None else fuse) == self.fuse:
+            return self
+        other = Backbone(self.spec, self.model, precision or self.precision, self.fuse if fuse is None else fuse,
+                         self.weights)
+        return other.to(self.mean.device)
 
     def train(self, mode: bool = True) -> Backbone:
         return super().train(False)  # frozen: dropout and stochastic depth stay off
@@ -193,8 +255,6 @@ class Backbone(nn.Module):
         if h % p or w % p:
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
         x = self.normalize(rgb)
-        if x.device.type == "cpu":
-            reuse_freed_memory()
         graph = self._fused(x)
         if graph is not None:
             tokens = graph(x)
@@ -255,13 +315,12 @@ class _FusedGraph:
             for module in graph_model.modules():
                 if hasattr(module, "fused_attn"):
                     module.fused_attn = False  # explicit q k^T, softmax, @ v: the pattern oneDNN fuses
-            torch.jit.enable_onednn_fusion(True)
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            with _onednn_fusion(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
                 example = example[:1].to(dtype).expand(FUSED_BATCH, *example.shape[1:]).contiguous()
                 traced = torch.jit.trace(graph_model, example, check_trace=False)
                 fused = _FusedGraph(torch.jit.freeze(traced), dtype)
-            with torch.inference_mode():
+            with _onednn_fusion(), torch.inference_mode():
                 for _ in range(FUSED_WARMUP_RUNS):
                     fused.graph(example)
             return fused
@@ -271,7 +330,7 @@ class _FusedGraph:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = []
-        with warnings.catch_warnings():
+        with _onednn_fusion(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for start in range(0, x.shape[0], FUSED_BATCH):
                 chunk = x[start:start + FUSED_BATCH].to(self.dtype)
@@ -291,18 +350,21 @@ class _FeatureGraph(nn.Module):
         return self.model.forward_features(x)
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
-                    pretrained: bool = True) -> Backbone:
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsFile | None = None,
+                    pretrained: bool = True, precision: str = "fp32", fuse: bool | str = "auto") -> Backbone:
     """Build a frozen backbone by short name or timm name.
 
-    weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth). Without
-    it and with pretrained=True the weights come from timm's hub download (cached). pretrained=False
-    gives random weights (tests and benchmarks).
+    weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth), or its
+    `WeightsFile` when already hashed. Without it and with pretrained=True the weights come from
+    timm's hub download (cached). pretrained=False gives random weights (tests and benchmarks).
+    precision and fuse: see `Backbone`.
     """
     spec = resolve_backbone(name)
+    record = None
     if weights is not None:
+        record = weights if isinstance(weights, WeightsFile) else WeightsFile.of(weights)
         model = _create_timm(spec.timm_name, pretrained=False)
-        load_weights(model, Path(weights))
+        load_weights(model, Path(record.path))
     elif pretrained:
         try:
             model = _create_timm(spec.timm_name, pretrained=True)
@@ -316,7 +378,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
             ) from None
     else:
         model = _create_timm(spec.timm_name, pretrained=False)
-    return Backbone(spec, model)
+    return Backbone(spec, model, precision, fuse, record)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

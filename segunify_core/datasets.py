@@ -14,7 +14,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import SegUnifyError
-from .raster_io import IMAGE_SUFFIXES, RasterReader, ground_sampling_distance, list_images
+from .raster_io import IMAGE_SUFFIXES, RasterReader, list_images
 
 POTSDAM_SPLITS = {
     "test": ("labelled_test.txt",),
@@ -148,9 +148,7 @@ class TrainingImage:
     def open(self, bands: Sequence[int] | None):
         if self.potsdam_id is not None:
             return ArrayImage(potsdam_image(self.path, self.potsdam_id), self.potsdam_id)
-        reader = RasterReader.open(self.path, bands)
-        reader.gsd = ground_sampling_distance(reader.ds)  # type: ignore[attr-defined]
-        return reader
+        return RasterReader.open(self.path, bands)
 
     @property
     def label(self) -> str:

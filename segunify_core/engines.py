@@ -56,9 +56,7 @@ def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_
         local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                          dashboard_address=None, death_timeout=WORKER_TIMEOUT_S,
                                          silence_logs=logging.ERROR)
-        client = distributed.Client(local, timeout=WORKER_TIMEOUT_S)
-        client._segunify_owns_cluster = local  # closed with the client by close_client
-        return client
+        return distributed.Client(local, timeout=WORKER_TIMEOUT_S)  # its LocalCluster closes with it
     try:
         if scheduler_file:
             return distributed.Client(scheduler_file=scheduler_file, timeout=WORKER_TIMEOUT_S)
@@ -70,7 +68,9 @@ def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_
 
 
 def close_client(client) -> None:
-    local = getattr(client, "_segunify_owns_cluster", None)
+    """Close a client from `connect`, and the LocalCluster it was started on (`client.cluster`;
+    None for a client of a running scheduler)."""
+    local = client.cluster
     client.close()
     if local is not None:
         local.close()
@@ -97,8 +97,8 @@ def worker_model(spec: RunSpec):
         from .model import load_model
 
         device = torch.device(spec.device)
-        model = load_model(spec.model_file, backbone_weights=spec.backbone_weights)
-        model.backbone.precision = choose_precision(spec.precision, device)
+        model = load_model(spec.model_file, backbone_weights=spec.backbone_weights,
+                           precision=choose_precision(spec.precision, device))
         _WORKER_MODELS.clear()  # one job's model at a time
         # A Dask worker is a daemon process and may not start the CRF's own worker processes.
         _WORKER_MODELS[key] = (model.to(device).eval(), make_crf(spec.crf, workers=1))
@@ -125,16 +125,25 @@ def set_torch_threads(workers_per_host: dict[str, int], address: str) -> None:
 
 def torch_threads_plugin(workers_per_host: dict[str, int]):
     """A Dask WorkerPlugin (made here: Dask is imported only for cluster runs) that sets torch's
-    threads on every worker, including workers that join or restart later."""
+    threads on every worker, including workers that join or restart later, and tunes the worker
+    process's allocator for the backbone (a worker runs only our tasks)."""
     distributed = import_distributed()
 
     class TorchThreads(distributed.WorkerPlugin):
         name = "segunify-torch-threads"
 
         def setup(self, worker) -> None:
+            from .backbone import reuse_freed_memory
+
             set_torch_threads(workers_per_host, worker.address)
+            reuse_freed_memory()
 
     return TorchThreads()
+
+
+def prepare_workers(client) -> None:
+    """Set up every worker of the client's cluster (torch threads, allocator) for our tasks."""
+    client.register_plugin(torch_threads_plugin(_workers_per_host(client)))
 
 
 def _workers_per_host(client) -> dict[str, int]:
@@ -162,7 +171,7 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
     distributed = import_distributed()
     if spec.model_file is None:
         raise ValueError("a cluster run needs the model as a file")
-    client.register_plugin(torch_threads_plugin(_workers_per_host(client)))
+    prepare_workers(client)
     resources = {"GPU": 1} if spec.device == "cuda" else None
     by_key = {f"segunify-{job[:12]}-{p.id}": p for p in parts}
     futures = client.map(run_part_task, [p.to_dict() for p in parts], spec=spec.to_dict(), key=list(by_key),

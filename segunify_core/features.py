@@ -218,8 +218,7 @@ def _worker_backbone(name: str, weights: str | None, precision: str, device: str
     key = (name, weights, precision, device)
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES.clear()
-        backbone = create_backbone(name, weights)
-        backbone.precision = precision
+        backbone = create_backbone(name, weights, precision=precision)
         _WORKER_BACKBONES[key] = backbone.to(torch.device(device))
     return _WORKER_BACKBONES[key]
 
@@ -263,12 +262,13 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
     keeps the finished shards. The driver then joins them, in window order, into the cache file."""
-    from .engines import import_distributed
+    from .engines import import_distributed, prepare_workers
     from .manifest import Manifest
 
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
     distributed = import_distributed()
+    prepare_workers(client)
     shards_dir = folder.with_name(folder.name + ".shards")
     shards_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.open(shards_dir, folder.name, resume=True)

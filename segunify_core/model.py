@@ -2,7 +2,9 @@
 
 A model file is one safetensors file: the Compressor and Labeler tensors, and JSON metadata
 (format version, backbone, hyper-parameters, bands, GSD, training data summary). The backbone is
-not stored: it is frozen and named, and comes from timm's hub or a local checkpoint.
+not stored: it is frozen and named, and comes from timm's hub or a local checkpoint. A model
+trained on a local checkpoint records its path and SHA-256 ("backbone_weights"); loading uses
+that file when no other is given, and refuses weights with another hash.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_path
-from .backbone import DEFAULT_BACKBONE, Backbone, create_backbone
+from .backbone import DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
 from .compressor import Compressor
 from .errors import SegUnifyError, write_failure
 from .labeler import Labeler
@@ -25,6 +27,7 @@ from .legend import Legend
 
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
+WEIGHTS_KEY = "backbone_weights"  # metadata: {"path", "sha256"} of the local backbone checkpoint
 LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
 
 
@@ -120,6 +123,8 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
         **model.metadata,
         **(extra or {}),
     }
+    if model.backbone is not None and model.backbone.weights is not None:
+        meta[WEIGHTS_KEY] = model.backbone.weights.to_metadata()
     if model.legend.to_metadata() is not None:
         meta["legend"] = model.legend.to_metadata()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
@@ -159,27 +164,65 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     except Exception:
         raise SegUnifyError(f"'{path}' is not a SegUnify model file (not a readable safetensors "
                             "file, or truncated); pass a model written by `segunify train`.") from None
+    not_a_model = SegUnifyError(f"'{path}' is a safetensors file but not a SegUnify model; pass a model "
+                                "written by `segunify train`.")
     try:
         meta = json.loads(header["segunify"])
-        assert meta["format"] == FORMAT_NAME
         version = int(meta["format_version"])
-    except Exception:
-        raise SegUnifyError(f"'{path}' is a safetensors file but not a SegUnify model; pass a model "
-                            "written by `segunify train`.") from None
+    except (KeyError, TypeError, ValueError):
+        raise not_a_model from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or not isinstance(meta.get("config"), dict):
+        raise not_a_model
+    recorded = meta.get(WEIGHTS_KEY)
+    if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)
+                                     and isinstance(recorded.get("sha256"), str)):
+        raise SegUnifyError(f"Model file '{path}' has a damaged backbone weights record; retrain or copy it again.")
     if version > FORMAT_VERSION:
         raise SegUnifyError(f"Model file '{path}' has format version {version}, newer than this "
                             f"SegUnify reads ({FORMAT_VERSION}); upgrade SegUnify.")
     return meta, tensors
 
 
+def recorded_weights(meta: dict[str, Any]) -> WeightsFile | None:
+    """The local backbone checkpoint a model file records (None: hub or unrecorded weights)."""
+    record = meta.get(WEIGHTS_KEY)
+    return WeightsFile(record["path"], record["sha256"]) if record else None
+
+
+def _backbone_weights(path: Path, recorded: WeightsFile | None, given: str | Path | None,
+                      pretrained: bool) -> str | Path | None:
+    """The checkpoint to load: the one given, else (pretrained) the one the model records."""
+    if given is not None or recorded is None or not pretrained:
+        return given
+    if not Path(recorded.path).is_file():
+        raise SegUnifyError(f"Model '{path}' was trained with the backbone weights '{recorded.path}', which are not "
+                            "there; point the backbone weights (--backbone-weights) to a copy of that file.")
+    return recorded.path
+
+
+def check_weights(path: str | Path, recorded: WeightsFile | None, used: WeightsFile | None) -> None:
+    """Refuse a local checkpoint other than the one the model was trained with (by SHA-256)."""
+    if recorded is not None and used is not None and used.sha256 != recorded.sha256:
+        raise SegUnifyError(
+            f"The backbone weights (--backbone-weights) '{used.path}' are not the file model '{path}' was trained "
+            f"with (SHA-256 {used.sha256[:12]}… instead of {recorded.sha256[:12]}…); pass that file "
+            f"('{recorded.path}') or a copy of it.")
+
+
 def load_model(path: str | Path, backbone_weights: str | Path | None = None,
-               backbone: Backbone | None = None, pretrained: bool = True) -> SegUnifyModel:
-    """Load a model file and attach its backbone (given, from a local checkpoint, or the hub)."""
+               backbone: Backbone | None = None, pretrained: bool = True, precision: str = "fp32",
+               fuse: bool | str = "auto") -> SegUnifyModel:
+    """Load a model file and attach its backbone: the one given, or one built (with `precision`
+    and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.
+    Weights whose SHA-256 differs from the recorded checkpoint's are refused."""
     meta, tensors = read_model_file(path)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    recorded = recorded_weights(meta)
     if backbone is None:
-        backbone = create_backbone(config.backbone, backbone_weights, pretrained=pretrained)
+        weights = _backbone_weights(Path(path), recorded, backbone_weights, pretrained)
+        backbone = create_backbone(config.backbone, weights, pretrained=pretrained, precision=precision, fuse=fuse)
+    check_weights(path, recorded, backbone.weights)  # after loading: weights of another shape say so first
     if backbone.width != config.feature_width or backbone.patch_size != config.patch_size:
         raise SegUnifyError(
             f"Model '{path}' was trained on backbone '{config.backbone}' (width "
@@ -195,6 +238,7 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
     except RuntimeError:
         raise SegUnifyError(f"Model file '{path}' is damaged (its tensors do not match its "
                             "configuration); retrain or copy it again.") from None
-    model.metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "legend")}
+    model.metadata = {k: v for k, v in meta.items()
+                      if k not in ("format", "format_version", "config", "legend", WEIGHTS_KEY)}
     model.legend = Legend.from_metadata(meta.get("legend"), config.n_clusters)
     return model.eval()

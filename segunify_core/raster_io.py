@@ -160,6 +160,11 @@ class RasterReader:
         return self.ds.height
 
     @property
+    def gsd(self) -> float | None:
+        """Ground sampling distance in metres (None without a projected CRS)."""
+        return ground_sampling_distance(self.ds)
+
+    @property
     def is_8bit(self) -> bool:
         return self.palette is not None or all(self.ds.dtypes[b - 1] == "uint8" for b in self.bands)
 

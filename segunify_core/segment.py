@@ -207,6 +207,8 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
         if n > 255:
             raise SegUnifyError(f"The model has {n} classes; a uint8 class raster holds at most 255.")
         precision = getattr(model.backbone, "precision", "fp32")
+        if backbone_weights is None and getattr(model.backbone, "weights", None) is not None:
+            backbone_weights = model.backbone.weights.path  # cluster workers load the same checkpoint
         spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
                        precision, getattr(crf, "name", crf or "none"), backbone_weights=_opt_str(backbone_weights))
         if client is not None:

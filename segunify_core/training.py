@@ -158,17 +158,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         c = self.config
         gen = _step_generator(c.seed, self.step)
-        n = len(self.cache)
-        batch = min(c.batch_size, n)
-        indices = torch.randperm(n, generator=gen)[:batch]
-        views = torch.randint(0, self.cache.views, (batch,), generator=gen)
-        feats = self.cache.batch(indices, views)
-        crop = c.feature_crop
-        if crop and crop < min(feats.shape[-2:]):
-            top = int(torch.randint(0, feats.shape[-2] - crop + 1, (1,), generator=gen))
-            left = int(torch.randint(0, feats.shape[-1] - crop + 1, (1,), generator=gen))
-            feats = feats[..., top:top + crop, left:left + crop]
-        feats = feats.to(self.device)
+        feats = (self._batch(gen) if len(self.cache) > 1 else self._one_window_batch(gen)).to(self.device)
         factor = lr_factor(c.lr_schedule, self.step, c.steps, c.poly_power, self.epoch_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -198,6 +188,36 @@ class Trainer:
                 "cross": terms.cross_image.item(), "data": terms.data.item(),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
+    def _batch(self, gen: torch.Generator) -> torch.Tensor:
+        """Distinct windows (a random view of each), all cropped at one random place of the grid."""
+        c, n = self.config, len(self.cache)
+        batch = min(c.batch_size, n)
+        indices = torch.randperm(n, generator=gen)[:batch]
+        views = torch.randint(0, self.cache.views, (batch,), generator=gen)
+        feats = self.cache.batch(indices, views)
+        crop = c.feature_crop
+        if crop and crop < min(feats.shape[-2:]):
+            top = int(torch.randint(0, feats.shape[-2] - crop + 1, (1,), generator=gen))
+            left = int(torch.randint(0, feats.shape[-1] - crop + 1, (1,), generator=gen))
+            feats = feats[..., top:top + crop, left:left + crop]
+        return feats
+
+    def _one_window_batch(self, gen: torch.Generator) -> torch.Tensor:
+        """A cache of one window (a raster smaller than two windows) has no second image to pair
+        with: the batch is its views, drawn with replacement, each cropped at its own random place
+        (three quarters of the grid, or `feature_crop` if smaller), so the pairs are different
+        regions."""
+        c = self.config
+        views = torch.randint(0, self.cache.views, (c.batch_size,), generator=gen)
+        if self.cache.views > 1:  # the window and its mirror both take part
+            views[:2] = torch.randperm(2, generator=gen)
+        grid = self.cache.batch(torch.zeros(c.batch_size, dtype=torch.long), views)
+        h, w = grid.shape[-2:]
+        crop = max(1, min(c.feature_crop or h, h, w, (3 * min(h, w)) // 4))
+        tops = torch.randint(0, h - crop + 1, (c.batch_size,), generator=gen).tolist()
+        lefts = torch.randint(0, w - crop + 1, (c.batch_size,), generator=gen).tolist()
+        return torch.stack([g[:, t:t + crop, x:x + crop] for g, t, x in zip(grid, tops, lefts, strict=True)])
+
     # Training state: safetensors tensors + JSON, like the model file (never pickled).
     def save_state(self, path: Path, extra: dict[str, Any],
                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -218,14 +238,16 @@ class Trainer:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
+                                "and train without resuming (--resume).")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads((handle.metadata() or {})["segunify"])
             tensors = load_file(str(path))
-            assert meta["format"] == STATE_FORMAT
-        except Exception:
-            raise SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify "
-                                "checkpoint; delete it and train without --resume.") from None
+        except Exception:  # unreadable safetensors, no or broken JSON metadata
+            raise damaged from None
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
+            raise damaged
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                                    strict=False)
         opt = self.optimizer.state_dict()
@@ -250,8 +272,9 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
         code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
         outer_silu=config.outer_silu, feature_width=backbone.width, patch_size=backbone.patch_size,
         bands=config.bands, gsd=gsd, local_sets=config.local_sets)
-    torch.manual_seed(config.seed)  # prototype and layer initialisation
-    return SegUnifyModel(model_config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's generator is left as it was
+        torch.manual_seed(config.seed)
+        return SegUnifyModel(model_config)
 
 
 def state_path(model_path: Path) -> Path:
@@ -283,6 +306,8 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     config.check()
     if backbone is None:
         backbone = create_backbone(backbone_name, backbone_weights)
+    if backbone_weights is None and backbone.weights is not None:  # cache key and cluster workers name the file
+        backbone_weights = backbone.weights.path
     backbone = backbone.to(torch_device)
     if config.window % backbone.patch_size:
         raise SegUnifyError(f"--window {config.window} is not a multiple of the backbone's patch size "
@@ -325,7 +350,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     best: dict[str, torch.Tensor] | None = None
     if resume and checkpoint.is_file():
         meta = trainer.load_state(checkpoint)
-        if meta.get("cache_key") != key or meta["config"] != dataclasses.asdict(config) \
+        if meta.get("cache_key") != key or meta.get("config") != dataclasses.asdict(config) \
                 or meta.get("validation") != (validation.description if validation else None):
             raise SegUnifyError(f"Checkpoint '{checkpoint}' was made with other data or settings; "
                                 "rerun with the same ones or drop --resume.")
@@ -381,7 +406,7 @@ def _usable_images(images: list[TrainingImage], bands) -> tuple[list[TrainingIma
             continue
         usable.append(image)
         sizes.append((source.width, source.height))
-        gsds.append(getattr(source, "gsd", None))
+        gsds.append(source.gsd)
         source.close()
     if skipped:
         log.warning("skipped %d unreadable training image(s), e.g. %s", len(skipped), skipped[0][1])

@@ -142,9 +142,8 @@ def test_bf16_features_within_cosine_0995_of_fp32(name):
     backbone = create_backbone(name, pretrained=False)
     x = torch.rand(2, 3, 224, 224) * 255
     x = torch.cat([x, x.flip(-1)])
-    backbone.fuse, backbone.precision = False, "fp32"
-    reference = backbone(x)
-    backbone.fuse, backbone.precision = True, "bf16"
+    reference = backbone.with_settings(precision="fp32", fuse=False)(x)
+    backbone = backbone.with_settings(precision="bf16", fuse=True)
     half = backbone(x)
     assert backbone._graphs[("bf16", 224, 224)] is not None, "the fused graph was built"
     cosine = torch.nn.functional.cosine_similarity(half, reference, dim=1)
@@ -159,17 +158,14 @@ def test_fused_graph_matches_eager_and_never_depends_on_earlier_batches(referenc
     from segunify_core.backbone import FUSED_BATCH
 
     model, x, _ = reference
-    model.fuse, model.precision = False, "fp32"
-    eager = model(x)
-    model.fuse = True
-    model._graphs.clear()
+    eager = model.with_settings(precision="fp32", fuse=False)(x)
+    model = model.with_settings(precision="fp32", fuse=True)
     first = model(x)
     big = torch.cat([x, x.flip(-1), x] * 3)  # more than one chunk
     assert big.shape[0] > FUSED_BATCH
     fused_big = model(big)
     after_big = model(x)
     after_one = (model(x[:1]), model(x))[1]
-    model.fuse = "auto"
     assert first.shape == eager.shape
     torch.testing.assert_close(first, eager, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(fused_big[:2], eager, atol=2e-4, rtol=1e-4)
@@ -180,24 +176,60 @@ def test_auto_fuses_bf16_and_runs_fp32_one_window_at_a_time(reference):
     """By default float32 runs eagerly, window by window, with the batched forward's features;
     bfloat16 runs as a fused graph."""
     model, x, feats = reference
-    model.fuse, model.precision = "auto", "fp32"
-    model._graphs.clear()
+    model = model.with_settings(precision="fp32", fuse="auto")
     out = model(x)
     assert not model._graphs, "no fused graph in float32"
     batched = model.model.forward_features(model.normalize(x))[:, model.num_prefix_tokens:]
     torch.testing.assert_close(out.flatten(2).transpose(1, 2), batched, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, feats)
-    model.precision = "bf16"
-    try:
-        model(x)
-        assert model._graphs[("bf16", 64, 96)] is not None
-    finally:
-        model.precision = "fp32"
+    model = model.with_settings(precision="bf16")
+    model(x)
+    assert model._graphs[("bf16", 64, 96)] is not None
 
 
 def test_eager_switch(monkeypatch):
+    """SEGUNIFY_EAGER=1 is read by the CLI (never by the core) and becomes the backbone's fuse=False."""
+    from segunify_cli.common import eager_switch
+
     monkeypatch.setenv("SEGUNIFY_EAGER", "1")
-    model = create_backbone("vit_tiny_patch16_224", pretrained=False)
-    model.precision = "bf16"
+    model = create_backbone("vit_tiny_patch16_224", pretrained=False, precision="bf16", fuse=eager_switch())
     model(torch.rand(1, 3, 32, 32) * 255)
     assert not model.fuse and not model._graphs
+    monkeypatch.delenv("SEGUNIFY_EAGER")
+    assert eager_switch() == "auto"
+
+
+def test_settings_are_fixed_at_construction(reference):
+    model, x, feats = reference
+    with pytest.raises(AttributeError):
+        model.precision = "bf16"
+    with pytest.raises(SegUnifyError, match="precision"):
+        create_backbone("vit_tiny_patch16_224", pretrained=False, precision="fp8")
+    other = model.with_settings(precision="bf16", fuse=False)
+    assert (model.precision, model.fuse) == ("fp32", "auto") and (other.precision, other.fuse) == ("bf16", False)
+    assert other.model is model.model  # the frozen ViT is shared, not copied
+
+
+def test_forward_leaves_process_settings_alone(reference, monkeypatch):
+    """The backbone changes no process-wide state: oneDNN fusion is on only while its fused graph
+    is traced and run, and the allocator is tuned only by an explicit call (CLI, Dask workers)."""
+    import segunify_core.backbone as backbone_module
+
+    calls = []
+    monkeypatch.setattr(backbone_module, "reuse_freed_memory", lambda: calls.append(1))
+    model, x, _ = reference
+    torch.jit.enable_onednn_fusion(False)
+    for fuse in (True, False, "auto"):
+        model.with_settings(precision="bf16", fuse=fuse)(x)
+        assert not torch.jit.onednn_fusion_enabled()
+    assert not calls
+
+
+def test_cli_entry_point_tunes_the_allocator(monkeypatch):
+    import segunify_cli.main as main
+    from click.testing import CliRunner
+
+    calls = []
+    monkeypatch.setattr(main, "reuse_freed_memory", lambda: calls.append(1))
+    assert CliRunner().invoke(main.cli, ["backbones"], obj={}).exit_code == 0
+    assert calls == [1]

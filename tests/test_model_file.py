@@ -96,3 +96,128 @@ def test_backbone_mismatch(saved):
     other = create_backbone("dino_vits16", pretrained=False)
     with pytest.raises(SegUnifyError, match="was trained on backbone"):
         load_model(path, backbone=other)
+
+
+# ---------------------------------------------------------------- the backbone weights a model records
+@pytest.fixture
+def other_weights(tmp_path):
+    """A checkpoint of the same tiny ViT with other values (another SHA-256)."""
+    import timm
+
+    torch.manual_seed(1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub downloads: a load that falls back to the hub fails, as it does without internet."""
+    import segunify_core.backbone as backbone_module
+
+    create = backbone_module._create_timm
+
+    def no_download(name, pretrained):
+        if pretrained:
+            raise SegUnifyError("no internet in this test")
+        return create(name, pretrained)
+
+    monkeypatch.setattr(backbone_module, "_create_timm", no_download)
+
+
+def test_model_records_its_backbone_weights_file(saved, tiny_weights):
+    from segunify_core.manifest import file_sha256
+    from segunify_core.model import read_model_file
+
+    meta, _ = read_model_file(saved[1])
+    assert meta["backbone_weights"] == {"path": str(tiny_weights.resolve()), "sha256": file_sha256(tiny_weights)}
+
+
+def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offline, tmp_path):
+    """tile-segment, evaluate and batch load through load_model; Dask workers through worker_model."""
+    from segunify_core.engines import worker_model
+    from segunify_core.parts import RunSpec
+
+    _, path = saved
+    x = torch.rand(1, 3, 64, 64) * 255
+    expected = tiny_backbone(x)
+    loaded = load_model(path)
+    assert loaded.backbone.weights == tiny_backbone.weights
+    torch.testing.assert_close(loaded.backbone(x), expected)
+    on_worker, _ = worker_model(RunSpec(str(tmp_path), model_file=str(path), model_sha256="test-recorded",
+                                         precision="fp32"))
+    torch.testing.assert_close(on_worker.backbone(x), expected)
+
+
+def test_weights_with_another_hash_are_refused(saved, other_weights, tiny_backbone):
+    from segunify_core.backbone import create_backbone
+
+    _, path = saved
+    with pytest.raises(SegUnifyError, match=r"backbone weights \(--backbone-weights\) .* not the file model"):
+        load_model(path, backbone_weights=other_weights)
+    with pytest.raises(SegUnifyError, match=r"backbone weights \(--backbone-weights\)"):
+        load_model(path, backbone=create_backbone("vit_tiny_patch16_224", other_weights))
+
+
+def test_weights_may_point_to_a_copy_elsewhere(saved, tiny_weights, tmp_path, offline):
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    _, path = saved
+    copy = shutil.copy(tiny_weights, tmp_path / "moved.safetensors")
+    assert load_model(path, backbone_weights=copy).backbone.weights.path == str(copy.resolve())
+    with safe_open(str(path), "pt") as handle:  # a model whose recorded file is gone
+        meta = json.loads(handle.metadata()["segunify"])
+    meta["backbone_weights"]["path"] = str(tmp_path / "gone.safetensors")
+    moved = tmp_path / "moved-model.safetensors"
+    save_file(load_file(str(path)), str(moved), metadata={"segunify": json.dumps(meta)})
+    with pytest.raises(SegUnifyError, match=r"not there; point the backbone weights \(--backbone-weights\)"):
+        load_model(moved)
+    assert load_model(moved, backbone_weights=copy).backbone.weights.sha256 == meta["backbone_weights"]["sha256"]
+
+
+def test_models_without_a_recorded_file_behave_as_before(tmp_path):
+    from segunify_core.backbone import create_backbone
+    from segunify_core.model import read_model_file
+
+    backbone = create_backbone("vit_tiny_patch16_224", pretrained=False)
+    cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=2, feature_width=192, patch_size=16)
+    path = tmp_path / "hub.safetensors"
+    save_model(SegUnifyModel(cfg, backbone), path)
+    assert "backbone_weights" not in read_model_file(path)[0]
+    assert load_model(path, pretrained=False).backbone.weights is None
+
+
+def test_format_checks_fire_under_python_O(tmp_path):
+    """Format checks are real checks, not asserts (which `python -O` strips)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    model_like = tmp_path / "other-format.safetensors"
+    save_file({"w": torch.zeros(1)}, str(model_like),
+              metadata={"segunify": json.dumps({"format": "other", "format_version": 1, "config": {}})})
+    state_like = tmp_path / "other.train-state.safetensors"
+    save_file({"w": torch.zeros(1)}, str(state_like),
+              metadata={"segunify": json.dumps({"format": "segunify-model", "step": 3})})
+    code = f"""
+from segunify_core.errors import SegUnifyError
+from segunify_core.model import read_model_file
+from segunify_core.training import Trainer
+assert False, "this interpreter must run with -O"
+for name, check in (("model", lambda: read_model_file({str(model_like)!r})),
+                    ("state", lambda: Trainer.__new__(Trainer).load_state({str(state_like)!r}))):
+    try:
+        check()
+        print(name, "accepted")
+    except SegUnifyError as exc:
+        print(name, "refused:", exc)
+"""
+    run = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "model refused: " in run.stdout and "not a SegUnify model" in run.stdout, run.stdout
+    assert "state refused: " in run.stdout and "not a SegUnify checkpoint" in run.stdout, run.stdout

@@ -249,6 +249,34 @@ def test_model_band_mismatch(env, tiny_backbone, tmp_path):
     run_fail("model bands vs input bands", args, "trained on bands 4,2,1", env["out"], env["inputs"])
 
 
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
+
+
+def test_model_uses_its_recorded_backbone_weights_offline(env):
+    """A model trained with --backbone-weights FILE finds FILE again: no flag, no download."""
+    args = seg_args(env, env["good"])
+    at = args.index("--backbone-weights")
+    del args[at:at + 2]
+    run = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600, env=OFFLINE)
+    assert run.returncode == 0, run.stderr
+    assert (env["out"] / "classes.tif").is_file()
+
+
+def test_model_refuses_backbone_weights_of_another_hash(env):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    other = timm.create_model(TINY_VIT, pretrained=False, num_classes=0)
+    weights = env["inputs"] / "other_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(weights))
+    args = seg_args(env, env["good"])
+    args[args.index("--backbone-weights") + 1] = str(weights)
+    run_fail("backbone weights of another hash", args, "backbone weights (--backbone-weights)", env["out"],
+             env["inputs"], env=OFFLINE)
+
+
 def test_pickle_renamed_refused(env, tmp_path):
     evil = env["inputs"] / "model.safetensors"
     evil.write_bytes(exploit_pickle())

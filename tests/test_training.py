@@ -16,6 +16,7 @@ class CountingBackbone(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = inner, 0
         self.spec, self.patch_size, self.width, self.precision = inner.spec, inner.patch_size, inner.width, "fp32"
+        self.weights = inner.weights
 
     def forward(self, x):
         self.calls += 1
@@ -104,3 +105,18 @@ def test_training_on_png_and_jpeg(tmp_path, tiny_backbone):
                   cache_dir=tmp_path / "c")
     assert model.metadata["training"]["data"]["images"] == 2
     assert np.isfinite(model.labeler.global_prototypes.numpy()).all()
+
+
+def test_training_leaves_the_callers_random_state_alone(tiny_backbone):
+    """Initialisation is seeded by the config, inside a forked generator: the same seed gives the
+    same model and the caller's torch generator continues as if training had not run."""
+    from segunify_core.training import new_model
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = new_model(tiny_backbone, small_config(), 0.5)
+    assert torch.equal(torch.rand(3), expected)
+    second = new_model(tiny_backbone, small_config(), 0.5)
+    for name, tensor in first.head_state().items():
+        assert torch.equal(tensor, second.head_state()[name]), name
