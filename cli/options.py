@@ -80,12 +80,16 @@ def dask_client(cluster: str | None, scheduler: str | None, scheduler_file: str 
             close_client(client)
 
 
-def run_options(func: Callable) -> Callable:
-    """The options every command that runs a model shares, in the order --help lists them."""
-    for option in reversed((crf_option, flip_option, backbone_weights_option, device_option, precision_option,
-                            quiet_option)):
+def device_options(func: Callable) -> Callable:
+    """Where and how the backbone runs, and quiet: every command that loads a backbone has them."""
+    for option in reversed((backbone_weights_option, device_option, precision_option, quiet_option)):
         func = option(func)
     return func
+
+
+def run_options(func: Callable) -> Callable:
+    """The options every command that runs a model shares, in the order --help lists them."""
+    return crf_option(flip_option(device_options(func)))
 
 
 class Progress:
@@ -154,7 +158,7 @@ def guarded(func: Callable) -> Callable:
         except KeyboardInterrupt:
             fail("Interrupted; no output was written.", 130)
         except MemoryError:
-            fail("Out of memory; lower --batch-size or --window, or close other programs.", 1)
+            fail("Out of memory; lower the batch size (--batch-size) or window (--window), or close other programs.", 1)
         except OSError as exc:
             if debug:
                 traceback.print_exc()

@@ -14,18 +14,13 @@ from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
 from .common import prepare
 from .options import (
     backbone_option,
-    backbone_weights_option,
     bands_option,
     classes_range,
-    crf_option,
     dask_client,
-    device_option,
     engine_options,
-    flip_option,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
+    run_options,
     segment_batch_option,
     setup_logging,
     stride_option,
@@ -66,13 +61,8 @@ F = SelfFitOptions(classes=0)
 @click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
 @engine_options
 @bands_option
-@crf_option
-@flip_option
 @backbone_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@run_options
 @click.pass_context
 @guarded
 def command(ctx, input_path, output_path, model_path, classes, extra_clusters, local_sets, fit_steps, fit_windows,
@@ -86,9 +76,11 @@ def command(ctx, input_path, output_path, model_path, classes, extra_clusters, l
     """
     setup_logging(quiet)
     if model_path is None and classes is None:
-        raise click.UsageError("pass --model MODEL, or --classes K to fit a model on the input itself.")
+        raise click.UsageError("pass a model file (--model MODEL), or a number of classes (--classes K) to fit a model "
+                               "on the input itself.")
     if model_path is not None and classes is not None:
-        raise click.UsageError("--classes is for self-fit; a model file already fixes the classes.")
+        raise click.UsageError("The number of classes (--classes) is for self-fit; a model file (--model) already fixes "
+                               "the classes.")
     model, bb, dev = prepare(model_path, backbone, backbone_weights, device, precision, quiet)
     fit = None
     if model is None:

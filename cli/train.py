@@ -18,16 +18,13 @@ from segunify_core.training import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
 from .common import prepare
 from .options import (
     backbone_option,
-    backbone_weights_option,
     bands_option,
     classes_range,
     dask_client,
-    device_option,
+    device_options,
     engine_options,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
     setup_logging,
 )
 
@@ -100,10 +97,7 @@ D = TrainConfig()
 @engine_options
 @bands_option
 @backbone_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@device_options
 @click.pass_context
 @guarded
 def command(ctx, data, output, preset, val, resume, cache_dir, cluster, scheduler, scheduler_file, bands, backbone,

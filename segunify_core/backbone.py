@@ -108,8 +108,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without running code: safetensors, or torch.load with weights_only."""
     path = Path(path)
     if not path.is_file():
-        raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the path given to "
-                            "--backbone-weights.")
+        raise SegUnifyError(f"Backbone weights file '{path}' does not exist; check the backbone weights "
+                            "file (--backbone-weights).")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -302,7 +302,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
         except Exception as exc:
             raise SegUnifyError(
                 f"Could not download the weights of backbone '{spec.name}' ({type(exc).__name__}); "
-                "on a machine without internet pass a local checkpoint with --backbone-weights FILE "
+                "on a machine without internet give a local checkpoint as the backbone weights file (--backbone-weights) "
                 "(official DINO .pth or timm .safetensors/.pth)."
             ) from None
     else:
@@ -322,14 +322,14 @@ def load_weights(model: nn.Module, path: Path) -> None:
         first = str(exc).strip().splitlines()[-1][:200]
         raise SegUnifyError(
             f"Backbone weights '{path}' do not fit this backbone ({first}); pass the checkpoint of "
-            "the backbone named with --backbone."
+            "the chosen backbone (--backbone)."
         ) from None
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise SegUnifyError(
             f"Backbone weights '{path}' do not fit this backbone ({detail}); pass the checkpoint of "
-            "the backbone named with --backbone."
+            "the chosen backbone (--backbone)."
         )
 
 

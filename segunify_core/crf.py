@@ -56,7 +56,7 @@ class PyDenseCRF:
     def __init__(self, params: CRFParams = CRFParams(), workers: int | None = None):
         if not pydensecrf_available():
             raise SegUnifyError("The pydensecrf CRF backend is not installed; install it with "
-                                "`pip install segunify[crf]` or use --crf torch.")
+                                "`pip install segunify[crf]` or choose the torch CRF backend (--crf torch).")
         self.params = params
         self.workers = available_cores() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None

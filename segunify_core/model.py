@@ -152,7 +152,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 
     path = Path(path)
     if not path.is_file():
-        raise SegUnifyError(f"Model file '{path}' does not exist; check the path given to --model.")
+        raise SegUnifyError(f"Model file '{path}' does not exist; check the model file (--model).")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}

@@ -98,13 +98,14 @@ class TrainConfig:
                 raise SegUnifyError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; use one of "
                                     f"{', '.join(allowed)} ({flag}).")
         if self.steps < 1 or self.batch_size < 2:
-            raise SegUnifyError("Training needs --steps >= 1 and --batch-size >= 2 (cross-image "
-                                "smoothness pairs different images).")
+            raise SegUnifyError("Training needs at least 1 step (--steps) and a batch size of at least 2 "
+                                "(--batch-size): cross-image smoothness pairs different images.")
         if self.local_sets < 1:
             raise SegUnifyError("The number of local prototype sets (--local-sets) must be at least 1 (1 is the "
                                 "published single set).")
         if self.val_every < 1 or self.checkpoint_every < 1:
-            raise SegUnifyError("--val-every and --checkpoint-every must be at least 1 step.")
+            raise SegUnifyError("The validation interval (--val-every) and checkpoint interval (--checkpoint-every) "
+                                "must be at least 1 step.")
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -226,7 +227,7 @@ class Trainer:
             assert meta["format"] == STATE_FORMAT
         except Exception:
             raise SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify "
-                                "checkpoint; delete it and train without --resume.") from None
+                                "checkpoint; delete it and train without resuming (--resume).") from None
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                                    strict=False)
         opt = self.optimizer.state_dict()
@@ -286,7 +287,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
         backbone = create_backbone(backbone_name, backbone_weights)
     backbone = backbone.to(torch_device)
     if config.window % backbone.patch_size:
-        raise SegUnifyError(f"--window {config.window} is not a multiple of the backbone's patch size "
+        raise SegUnifyError(f"The training window ({config.window} px, --window) is not a multiple of the backbone's patch size "
                             f"{backbone.patch_size}; pick e.g. {config.window // backbone.patch_size * backbone.patch_size}.")
 
     validation = ValidationData.open(val, bands=config.bands) if val is not None else None
@@ -329,7 +330,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
         if meta.get("cache_key") != key or meta["config"] != dataclasses.asdict(config) \
                 or meta.get("validation") != (validation.description if validation else None):
             raise SegUnifyError(f"Checkpoint '{checkpoint}' was made with other data or settings; "
-                                "rerun with the same ones or drop --resume.")
+                                "rerun with the same ones or start over without resuming (drop --resume).")
         history = meta.get("history", [])
         best = {k[5:]: v for k, v in trainer.extra_tensors.items() if k.startswith("best.")} or None
         log.info("resuming from step %d", trainer.step)
