@@ -21,7 +21,10 @@ from .options import (
     guarded,
     progress_for,
     run_options,
+    segment_batch_option,
     setup_logging,
+    stride_option,
+    window_option,
 )
 
 
@@ -29,9 +32,9 @@ from .options import (
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Model file from `segunify train`.")
-@click.option("--window", default=320, show_default=True)
-@click.option("--stride", default=256, show_default=True)
-@click.option("--batch-size", default=4, show_default=True)
+@window_option
+@stride_option
+@segment_batch_option
 @click.option("--native-resolution", is_flag=True)
 @click.option("--cog", is_flag=True)
 @click.option("--overwrite", is_flag=True, help="Redo files whose output exists (default: skip them).")

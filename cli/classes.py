@@ -43,7 +43,8 @@ def command(model_path, output, names, merges, colours, overwrite, as_json):
     meta, _ = read_model_file(model_path)
     if output is None:
         if names or merges or colours:
-            raise click.UsageError("--name, --merge and --colour need -o NEW (the original model is kept).")
+            raise click.UsageError("Class names (--name), merges (--merge) and colours (--colour) need a new model file "
+                                   "(-o NEW); the original model is kept.")
         legend = Legend.of_model_file(meta)
     else:
         named, merged, coloured = parse_edits(names, merges, colours)

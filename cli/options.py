@@ -13,31 +13,40 @@ from collections.abc import Callable
 
 import click
 
-from segunify_core.backbone import DEFAULT_BACKBONE
-from segunify_core.crf import CRF_CHOICES
+from segunify_core import settings
 from segunify_core.errors import SegUnifyError
 
 backbone_option = click.option(
-    "--backbone", default=DEFAULT_BACKBONE, show_default=True,
-    help="Backbone: dino_vits8, dino_vits16, dino_vitb8, dino_vitb16, dinov2_vits14, dinov2_vitb14 "
-         "or any timm ViT name (see `segunify backbones`).")
+    "--backbone", default=settings.BACKBONE, show_default=True,
+    help=f"Backbone: {', '.join(settings.BACKBONE_NAMES)} or any timm ViT name (see `segunify backbones`).")
 backbone_weights_option = click.option(
     "--backbone-weights", type=click.Path(dir_okay=False), default=None,
     help="Local backbone checkpoint (official DINO .pth or timm .safetensors/.pth) instead of "
          "timm's hub download.")
-crf_option = click.option("--crf", type=click.Choice(CRF_CHOICES), default="none", show_default=True,
+crf_option = click.option("--crf", type=click.Choice(settings.CRF_BACKENDS), default=settings.CRF, show_default=True,
                           help="Dense CRF refinement; auto prefers pydensecrf, else the torch backend.")
-flip_option = click.option("--flip/--no-flip", default=True, show_default=True,
+flip_option = click.option("--flip/--no-flip", default=settings.FLIP, show_default=True,
                            help="Average the codes of each window and its horizontal flip.")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+device_option = click.option("--device", type=click.Choice(settings.DEVICES), default=settings.DEVICE,
                              show_default=True, help="Where the model runs.")
-precision_option = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+precision_option = click.option("--precision", type=click.Choice(settings.PRECISIONS), default=settings.PRECISION,
                                 show_default=True,
                                 help="Backbone precision; auto uses bfloat16 where the hardware runs it natively.")
 bands_option = click.option("--bands", default=None,
                             help="Bands to use, e.g. 1,2,3 or 1 (repeated as grey). Default: the first "
                                  "three, or the single band.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+# Segmenting: tile-segment and batch.
+window_option = click.option("--window", default=settings.WINDOW, show_default=True,
+                             type=click.IntRange(settings.MIN_WINDOW, settings.MAX_WINDOW),
+                             help="Window size in model pixels.")
+stride_option = click.option("--stride", default=settings.STRIDE, show_default=True,
+                             type=click.IntRange(settings.MIN_STRIDE, settings.MAX_STRIDE),
+                             help="Window stride in model pixels.")
+segment_batch_option = click.option("--batch-size", default=settings.SEGMENT_BATCH_SIZE, show_default=True,
+                                    type=click.IntRange(min=settings.MIN_SEGMENT_BATCH_SIZE),
+                                    help="Windows per backbone call.")
+classes_range = click.IntRange(settings.MIN_CLASSES, settings.MAX_CLASSES)
 
 
 def engine_options(func: Callable) -> Callable:
@@ -71,12 +80,16 @@ def dask_client(cluster: str | None, scheduler: str | None, scheduler_file: str 
             close_client(client)
 
 
-def run_options(func: Callable) -> Callable:
-    """The options every command that runs a model shares, in the order --help lists them."""
-    for option in reversed((crf_option, flip_option, backbone_weights_option, device_option, precision_option,
-                            quiet_option)):
+def device_options(func: Callable) -> Callable:
+    """Where and how the backbone runs, and quiet: every command that loads a backbone has them."""
+    for option in reversed((backbone_weights_option, device_option, precision_option, quiet_option)):
         func = option(func)
     return func
+
+
+def run_options(func: Callable) -> Callable:
+    """The options every command that runs a model shares, in the order --help lists them."""
+    return crf_option(flip_option(device_options(func)))
 
 
 class Progress:
@@ -145,7 +158,7 @@ def guarded(func: Callable) -> Callable:
         except KeyboardInterrupt:
             fail("Interrupted; no output was written.", 130)
         except MemoryError:
-            fail("Out of memory; lower --batch-size or --window, or close other programs.", 1)
+            fail("Out of memory; lower the batch size (--batch-size) or window (--window), or close other programs.", 1)
         except OSError as exc:
             if debug:
                 traceback.print_exc()

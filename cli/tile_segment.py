@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from segunify_core import settings
 from segunify_core.crf import make_crf
 from segunify_core.model import save_model
 from segunify_core.planning import DEFAULT_BLOCK
@@ -13,18 +14,17 @@ from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
 from .common import prepare
 from .options import (
     backbone_option,
-    backbone_weights_option,
     bands_option,
-    crf_option,
+    classes_range,
     dask_client,
-    device_option,
     engine_options,
-    flip_option,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
+    run_options,
+    segment_batch_option,
     setup_logging,
+    stride_option,
+    window_option,
 )
 
 F = SelfFitOptions(classes=0)
@@ -34,23 +34,25 @@ F = SelfFitOptions(classes=0)
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
 @click.option("--model", "model_path", type=click.Path(), default=None, help="Model file from `segunify train`.")
-@click.option("--classes", type=int, default=None, help="Without --model: fit K classes on the input itself.")
-@click.option("--extra-clusters", default=0, show_default=True, help="Self-fit: prototypes beyond K.")
+@click.option("--classes", type=classes_range, default=None, help="Without --model: fit K classes on the input itself.")
+@click.option("--extra-clusters", default=F.extra_clusters, show_default=True, type=click.IntRange(min=0),
+              help="Self-fit: prototypes beyond K.")
 @click.option("--local-sets", default=F.local_sets, show_default=True, type=click.IntRange(min=1),
               help="Self-fit: local prototype sets learning against the one global set.")
 @click.option("--fit-steps", default=F.steps, show_default=True, help="Self-fit: training steps.")
 @click.option("--fit-windows", default=F.max_windows, show_default=True, help="Self-fit: windows sampled from the input.")
 @click.option("--shift-intra", default=F.shift_intra, show_default=True, help="Self-fit: closeness shift b1.")
 @click.option("--shift-inter", default=F.shift_inter, show_default=True, help="Self-fit: cross-image shift b2.")
-@click.option("--seed", default=0, show_default=True, help="Self-fit: random seed.")
+@click.option("--seed", default=F.seed, show_default=True, type=click.IntRange(min=0), help="Self-fit: random seed.")
 @click.option("--save-model", "save_model_path", type=click.Path(dir_okay=False), default=None, help="Self-fit: keep the fitted model.")
-@click.option("--window", default=320, show_default=True, help="Window size in model pixels.")
-@click.option("--stride", default=256, show_default=True, help="Window stride in model pixels.")
-@click.option("--batch-size", default=4, show_default=True, help="Windows per backbone call.")
+@window_option
+@stride_option
+@segment_batch_option
 @click.option("--native-resolution", is_flag=True, help="Do not resample the input to the model's GSD.")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Also write the blended class probabilities to this GeoTIFF.")
-@click.option("--probabilities-dtype", type=click.Choice(["float16", "uint8"]), default="float16", show_default=True)
+@click.option("--probabilities-dtype", type=click.Choice(settings.PROBABILITIES_DTYPES),
+              default=settings.PROBABILITIES_DTYPES[0], show_default=True)
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).")
 @click.option("--preview", type=click.Path(dir_okay=False), default=None, help="Write a PNG of image, classes and overlay.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
@@ -59,13 +61,8 @@ F = SelfFitOptions(classes=0)
 @click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
 @engine_options
 @bands_option
-@crf_option
-@flip_option
 @backbone_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@run_options
 @click.pass_context
 @guarded
 def command(ctx, input_path, output_path, model_path, classes, extra_clusters, local_sets, fit_steps, fit_windows,
@@ -79,9 +76,11 @@ def command(ctx, input_path, output_path, model_path, classes, extra_clusters, l
     """
     setup_logging(quiet)
     if model_path is None and classes is None:
-        raise click.UsageError("pass --model MODEL, or --classes K to fit a model on the input itself.")
+        raise click.UsageError("pass a model file (--model MODEL), or a number of classes (--classes K) to fit a model "
+                               "on the input itself.")
     if model_path is not None and classes is not None:
-        raise click.UsageError("--classes is for self-fit; a model file already fixes the classes.")
+        raise click.UsageError("The number of classes (--classes) is for self-fit; a model file (--model) already fixes "
+                               "the classes.")
     model, bb, dev = prepare(model_path, backbone, backbone_weights, device, precision, quiet)
     fit = None
     if model is None:

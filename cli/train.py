@@ -7,7 +7,7 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
-from segunify_core.backbone import DEFAULT_BACKBONE
+from segunify_core import settings
 from segunify_core.compressor import DROPOUT_MASKS
 from segunify_core.datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES
 from segunify_core.losses import PAIRINGS
@@ -18,15 +18,13 @@ from segunify_core.training import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
 from .common import prepare
 from .options import (
     backbone_option,
-    backbone_weights_option,
     bands_option,
+    classes_range,
     dask_client,
-    device_option,
+    device_options,
     engine_options,
     guarded,
-    precision_option,
     progress_for,
-    quiet_option,
     setup_logging,
 )
 
@@ -37,13 +35,15 @@ D = TrainConfig()
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Start from every value a published run used (see the README's table); flags given "
                    "explicitly override it.")
-@click.option("--classes", default=D.classes, show_default=True, help="Number of classes K.")
-@click.option("--extra-clusters", default=D.extra_clusters, show_default=True, help="Prototypes beyond K.")
+@click.option("--classes", default=D.classes, show_default=True, type=classes_range, help="Number of classes K.")
+@click.option("--extra-clusters", default=D.extra_clusters, show_default=True, type=click.IntRange(min=0),
+              help="Prototypes beyond K.")
 @click.option("--local-sets", default=D.local_sets, show_default=True, type=click.IntRange(min=1),
               help="Independent local prototype sets learning against the one global set (1: the published model).")
-@click.option("--window", default=D.window, show_default=True, help="Training window size in px.")
-@click.option("--steps", default=D.steps, show_default=True)
-@click.option("--batch-size", default=D.batch_size, show_default=True)
+@click.option("--window", default=D.window, show_default=True, type=click.IntRange(min=settings.MIN_TRAIN_WINDOW),
+              help="Training window size in px.")
+@click.option("--steps", default=D.steps, show_default=True, type=click.IntRange(min=settings.MIN_STEPS))
+@click.option("--batch-size", default=D.batch_size, show_default=True, type=click.IntRange(min=settings.MIN_BATCH_SIZE))
 @click.option("--lr-compressor", default=D.lr_compressor, show_default=True)
 @click.option("--lr-labeler", default=D.lr_labeler, show_default=True)
 @click.option("--weight-decay", default=D.weight_decay, show_default=True)
@@ -71,8 +71,8 @@ D = TrainConfig()
               help="Apply an outer SiLU to the code (the slides' variant).")
 @click.option("--pointwise/--no-pointwise", default=D.pointwise, show_default=True,
               help="Centre the feature affinities pointwise.")
-@click.option("--seed", default=D.seed, show_default=True)
-@click.option("--max-windows", default=D.max_windows, show_default=True,
+@click.option("--seed", default=D.seed, show_default=True, type=click.IntRange(min=0))
+@click.option("--max-windows", default=D.max_windows, show_default=True, type=click.IntRange(min=settings.MIN_MAX_WINDOWS),
               help="Windows sampled from the data (their features are cached on disk).")
 @click.option("--five-crop/--no-five-crop", default=D.five_crop, show_default=True,
               help="Cut each image into four corners and the centre instead of random windows.")
@@ -97,10 +97,7 @@ D = TrainConfig()
 @engine_options
 @bands_option
 @backbone_option
-@backbone_weights_option
-@device_option
-@precision_option
-@quiet_option
+@device_options
 @click.pass_context
 @guarded
 def command(ctx, data, output, preset, val, resume, cache_dir, cluster, scheduler, scheduler_file, bands, backbone,
@@ -113,7 +110,7 @@ def command(ctx, data, output, preset, val, resume, cache_dir, cluster, schedule
     if parsed:
         explicit["bands"] = list(parsed)
     given_backbone = backbone if ctx.get_parameter_source("backbone") is not ParameterSource.DEFAULT else None
-    config, backbone = resolve(preset, explicit, given_backbone, DEFAULT_BACKBONE)
+    config, backbone = resolve(preset, explicit, given_backbone, settings.BACKBONE)
     _, bb, dev = prepare(None, backbone, backbone_weights, device, precision, quiet)
     if not quiet:
         if preset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from segunify_core import settings
 from segunify_core.vectorize import vectorize
 
 from .options import guarded, quiet_option
@@ -12,8 +13,10 @@ from .options import guarded, quiet_option
 @click.command("vectorize")
 @click.argument("classes", type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--min-area", default=0.0, show_default=True, help="Minimum mapping unit in square metres (CRS units).")
-@click.option("--simplify", default=0.0, show_default=True, help="Simplification tolerance in CRS units.")
+@click.option("--min-area", default=settings.MIN_AREA, show_default=True, type=click.FloatRange(min=0.0),
+              help="Minimum mapping unit in square metres (CRS units).")
+@click.option("--simplify", default=settings.SIMPLIFY, show_default=True, type=click.FloatRange(min=0.0),
+              help="Simplification tolerance in CRS units.")
 @click.option("--overwrite", is_flag=True)
 @quiet_option
 @guarded

@@ -36,32 +36,36 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import installer, runner
 from .compat import FILE_FOLDER, FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, VECTOR_POLYGON
+from .core_settings import settings
 
-CRF_CHOICES = ["none", "auto", "pydensecrf", "torch"]
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 SPEED_NOTE = ("Speed: on a 2-core CPU the default backbone (DINO ViT-S/8) with flip averaging takes about 7 s per "
               "megapixel where the CPU computes bfloat16 natively (AVX-512 BF16, AMX) and about 40 s per megapixel "
               "in float32 on other CPUs (2 to 11 minutes for a 4000 x 4000 px orthophoto); a CUDA GPU is tens of "
               "times faster. The CRF adds 0.1-0.4 s per 320 px window.")
-BACKBONE_HELP = ("Advanced: Backbone is dino_vits8 (default), dino_vits16, dino_vitb8, dino_vitb16, dinov2_vits14, "
-                 "dinov2_vitb14 or any timm ViT name. Backbone weights file: a local checkpoint (official DINO "
-                 ".pth or timm .safetensors/.pth) for machines without internet; empty downloads the weights once.")
+BACKBONE_HELP = (f"Backbone is {settings.BACKBONE} (default), "
+                 f"{', '.join(n for n in settings.BACKBONE_NAMES if n != settings.BACKBONE)} or any timm ViT name. "
+                 "Backbone weights file: a local checkpoint (official DINO .pth or timm .safetensors/.pth) for "
+                 "machines without internet; empty downloads the weights once. Device: auto uses a CUDA GPU when "
+                 "PyTorch sees one.")
 
 OUTPUT_SUFFIX = "_segunify"  # Segment's default output: <input name>_segunify.tif beside the input
-_post_processors: list = []  # kept alive until QGIS has loaded the layers
 
 
 class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
-    """Applies the class style written beside the output (the GeoTIFF's colour table as QML)."""
+    """Applies the class style written beside a class raster (the GeoTIFF's colour table as QML).
 
-    def __init__(self, qml: str):
-        super().__init__()
-        self.qml = qml
+    It holds no state (the style is found from the layer's own file), so one instance serves every run:
+    QGIS calls it after the algorithm object is gone and does not own it, so it must outlive the run."""
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
-        if os.path.exists(self.qml):
-            layer.loadNamedStyle(self.qml)
+        path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
+        qml = os.path.splitext(path)[0] + ".qml"
+        if os.path.exists(qml):
+            layer.loadNamedStyle(qml)
             layer.triggerRepaint()
+
+
+APPLY_STYLE = _ApplyStyle()
 
 
 def _file_path(layer, raw=None) -> str:
@@ -131,14 +135,14 @@ class _Base(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
     def _backbone_params(self):
-        self.addParameter(_advanced(QgsProcessingParameterString("BACKBONE", "Backbone", defaultValue="dino_vits8")))
+        self.addParameter(_advanced(QgsProcessingParameterString("BACKBONE", "Backbone", defaultValue=settings.BACKBONE)))
         self.addParameter(_advanced(QgsProcessingParameterFile("BACKBONE_WEIGHTS", "Backbone weights file (offline)",
                                                                optional=True)))
-        self.addParameter(_advanced(QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICE_CHOICES,
-                                                               defaultValue=0)))
+        self.addParameter(_advanced(QgsProcessingParameterEnum("DEVICE", "Device", options=list(settings.DEVICES),
+                                                               defaultValue=settings.DEVICES.index(settings.DEVICE))))
 
     def _backbone_args(self, parameters, context):
-        args = ["--device", DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
+        args = ["--device", settings.DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
         weights = self.parameterAsFile(parameters, "BACKBONE_WEIGHTS", context)
         if weights:
             args += ["--backbone-weights", weights]
@@ -161,12 +165,16 @@ class SegmentAlgorithm(_Base):
             "Model file: a model from 'Train model' (labels then mean the same thing in every raster; names and "
             "colours set with 'Name and merge classes' label the layer). Empty: "
             "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
-            "Number of classes: for self-fit only.\nWindow / Stride: tile size and step in pixels; windows "
-            "overlap by window - stride and are blended without seams.\nCRF: refines class edges along image "
-            "edges (auto uses pydensecrf if installed).\nFlip averaging: also looks at each window mirrored "
-            "(better, twice the time).\nClass raster: the output GeoTIFF; empty writes <input name>_segunify.tif "
-            "beside the input. Polygons: optional GeoPackage of the "
-            "classes, with a minimum area in square metres.\n\n" + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
+            f"Number of classes: for self-fit only ({settings.MAP_CLASSES} to start; name and merge them later).\n"
+            "Window size / Stride: tile size and step in pixels; windows overlap by window - stride and are "
+            "blended without seams.\nCRF refinement: refines class edges along image edges (auto uses pydensecrf "
+            "if installed).\nFlip averaging: also looks at each window mirrored (better, twice the time).\n"
+            f"Class raster: the output GeoTIFF; empty writes <input name>{OUTPUT_SUFFIX}.tif beside the input.\n"
+            "Polygons: optional GeoPackage of the classes; Minimum polygon area: regions smaller than this many "
+            "square metres are merged into their neighbours.\n\nAdvanced: Windows per batch: windows per backbone "
+            "call (more is faster on a GPU and needs more memory). Keep native resolution: segment at the input's "
+            "own pixel size instead of resampling it to the model's ground sampling distance. "
+            + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -174,16 +182,19 @@ class SegmentAlgorithm(_Base):
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file (empty: fit on this raster)",
                                                      extension="safetensors", optional=True))
-        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)",
-                                                       NUMBER_INTEGER, 5, minValue=2, maxValue=255))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER,
-                                                       320, minValue=32, maxValue=2048))
-        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", NUMBER_INTEGER,
-                                                       256, minValue=8, maxValue=2048))
-        self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=CRF_CHOICES, defaultValue=0))
-        self.addParameter(QgsProcessingParameterBoolean("FLIP", "Flip averaging", defaultValue=True))
-        self.addParameter(_advanced(QgsProcessingParameterNumber("BATCH_SIZE", "Windows per batch",
-                                                                 NUMBER_INTEGER, 4, minValue=1)))
+        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)", NUMBER_INTEGER,
+                                                       settings.MAP_CLASSES, minValue=settings.MIN_CLASSES,
+                                                       maxValue=settings.MAX_CLASSES))
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER, settings.WINDOW,
+                                                       minValue=settings.MIN_WINDOW, maxValue=settings.MAX_WINDOW))
+        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", NUMBER_INTEGER, settings.STRIDE,
+                                                       minValue=settings.MIN_STRIDE, maxValue=settings.MAX_STRIDE))
+        self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=list(settings.CRF_BACKENDS),
+                                                     defaultValue=settings.CRF_BACKENDS.index(settings.CRF)))
+        self.addParameter(QgsProcessingParameterBoolean("FLIP", "Flip averaging", defaultValue=settings.FLIP))
+        self.addParameter(_advanced(QgsProcessingParameterNumber(
+            "BATCH_SIZE", "Windows per batch", NUMBER_INTEGER, settings.SEGMENT_BATCH_SIZE,
+            minValue=settings.MIN_SEGMENT_BATCH_SIZE)))
         self.addParameter(_advanced(QgsProcessingParameterBoolean("NATIVE_RESOLUTION", "Keep native resolution "
                                                                   "(do not resample to the model's GSD)", defaultValue=False)))
         self._backbone_params()
@@ -194,7 +205,7 @@ class SegmentAlgorithm(_Base):
                                                                   VECTOR_POLYGON, optional=True,
                                                                   createByDefault=False))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum polygon area (m2)",
-                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
+                                                       NUMBER_DOUBLE, settings.MIN_AREA, minValue=0.0))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         src = _file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
@@ -208,7 +219,7 @@ class SegmentAlgorithm(_Base):
                 "--window", self.parameterAsInt(parameters, "WINDOW", context),
                 "--stride", self.parameterAsInt(parameters, "STRIDE", context),
                 "--batch-size", self.parameterAsInt(parameters, "BATCH_SIZE", context),
-                "--crf", CRF_CHOICES[self.parameterAsEnum(parameters, "CRF", context)],
+                "--crf", settings.CRF_BACKENDS[self.parameterAsEnum(parameters, "CRF", context)],
                 "--flip" if self.parameterAsBoolean(parameters, "FLIP", context) else "--no-flip"]
         bands = [b for b in self.parameterAsInts(parameters, "BANDS", context) if b > 0]
         if bands:
@@ -220,7 +231,7 @@ class SegmentAlgorithm(_Base):
             phases = {"segment": (0.0, 100.0)}
         else:
             args += ["--classes", self.parameterAsInt(parameters, "CLASSES", context),
-                     "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or "dino_vits8"]
+                     "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or settings.BACKBONE]
             phases = {"features": (0.0, 30.0), "fit": (30.0, 50.0), "segment": (50.0, 100.0)}
         args += self._backbone_args(parameters, context)
         vector = self.parameterAsOutputLayer(parameters, "OUTPUT_VECTOR", context) if parameters.get("OUTPUT_VECTOR") else None
@@ -234,9 +245,7 @@ class SegmentAlgorithm(_Base):
             feedback.setProgress(100)
             results["OUTPUT_VECTOR"] = vector
         if context.willLoadLayerOnCompletion(out):
-            processor = _ApplyStyle(os.path.splitext(out)[0] + ".qml")
-            _post_processors.append(processor)
-            context.layerToLoadOnCompletionDetails(out).setPostProcessor(processor)
+            context.layerToLoadOnCompletionDetails(out).setPostProcessor(APPLY_STYLE)
         return results
 
 
@@ -251,36 +260,40 @@ class TrainAlgorithm(_Base):
         return (
             "Trains a SegUnify model on a folder of orthophotos (GeoTIFF, PNG, JPEG, any size) without labels, "
             "for use in 'Segment raster'.\n\nFolder: searched recursively for images.\nModel file: the output "
-            "(.safetensors).\nNumber of classes: K, the classes the model separates.\nSteps / Batch size: "
-            "training length (3000 x 32 is the published setting).\nWindow size: training windows in pixels "
-            "(224).\nMaximum windows: windows sampled from the data; their features are computed once and cached "
-            "on disk, so later steps are fast.\n\nAdvanced: extra clusters, learning rates of the Compressor and "
-            "the prototypes, EMA momentum alpha, temperature, the smoothness shifts b1 (closeness) and b2 (cross-"
-            "image) that tune how eagerly similar patches are grouped, and the random seed (same seed and data "
-            "give the same model).\n\n" + BACKBONE_HELP + "\n\nSpeed: on a 2-core CPU the first pass computes "
+            "(.safetensors).\nNumber of classes: K, the classes the model separates ("
+            f"{settings.MAP_CLASSES} to start; name and merge them later).\nSteps / Batch size: "
+            f"training length (the defaults, {settings.STEPS} x {settings.BATCH_SIZE}, are the published setting).\n"
+            f"Window size: training windows in pixels ({settings.TRAIN_WINDOW}).\nMaximum windows: windows sampled "
+            "from the data; their features are computed once and cached on disk, so later steps are fast.\n\n"
+            "Advanced: extra clusters, the Adam learning rates (Learning rate, Compressor / Learning rate, "
+            "prototypes), EMA momentum alpha, temperature, the smoothness shifts (Closeness shift b1 and Cross-image shift b2) that tune "
+            "how eagerly similar patches are grouped, and the random seed (same seed and data give the same model). "
+            + BACKBONE_HELP + "\n\nSpeed: on a 2-core CPU the first pass computes "
             "about 1000 windows per 10 minutes (ViT-S/8, with flips); training steps then take well under a "
             "second each.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("INPUT", "Folder of orthophotos",
                                                      behavior=FILE_FOLDER))
-        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes",
-                                                       NUMBER_INTEGER, 5, minValue=2, maxValue=255))
-        self.addParameter(QgsProcessingParameterNumber("STEPS", "Steps", NUMBER_INTEGER, 3000,
-                                                       minValue=1))
-        self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size", NUMBER_INTEGER,
-                                                       32, minValue=2))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER,
-                                                       224, minValue=32))
-        self.addParameter(QgsProcessingParameterNumber("MAX_WINDOWS", "Maximum windows",
-                                                       NUMBER_INTEGER, 2000, minValue=2))
-        for name, label, default in (("EXTRA_CLUSTERS", "Extra clusters", 0), ("SEED", "Random seed", 0)):
+        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes", NUMBER_INTEGER,
+                                                       settings.MAP_CLASSES, minValue=settings.MIN_CLASSES,
+                                                       maxValue=settings.MAX_CLASSES))
+        for name, label, default, minimum in (
+                ("STEPS", "Steps", settings.STEPS, settings.MIN_STEPS),
+                ("BATCH_SIZE", "Batch size", settings.BATCH_SIZE, settings.MIN_BATCH_SIZE),
+                ("WINDOW", "Window size (px)", settings.TRAIN_WINDOW, settings.MIN_TRAIN_WINDOW),
+                ("MAX_WINDOWS", "Maximum windows", settings.MAX_WINDOWS, settings.MIN_MAX_WINDOWS)):
+            self.addParameter(QgsProcessingParameterNumber(name, label, NUMBER_INTEGER, default, minValue=minimum))
+        for name, label, default in (("EXTRA_CLUSTERS", "Extra clusters", settings.EXTRA_CLUSTERS),
+                                     ("SEED", "Random seed", settings.SEED)):
             self.addParameter(_advanced(QgsProcessingParameterNumber(name, label, NUMBER_INTEGER,
                                                                      default, minValue=0)))
-        for name, label, default in (("LR_COMPRESSOR", "Learning rate, Compressor", 1e-4),
-                                     ("LR_LABELER", "Learning rate, prototypes", 5e-4),
-                                     ("ALPHA", "EMA momentum alpha", 0.998), ("TEMPERATURE", "Temperature", 0.1),
-                                     ("SHIFT_INTRA", "Closeness shift b1", 0.1), ("SHIFT_INTER", "Cross-image shift b2", 0.5)):
+        for name, label, default in (("LR_COMPRESSOR", "Learning rate, Compressor", settings.LR_COMPRESSOR),
+                                     ("LR_LABELER", "Learning rate, prototypes", settings.LR_LABELER),
+                                     ("ALPHA", "EMA momentum alpha", settings.ALPHA),
+                                     ("TEMPERATURE", "Temperature", settings.TEMPERATURE),
+                                     ("SHIFT_INTRA", "Closeness shift b1", settings.SHIFT_INTRA),
+                                     ("SHIFT_INTER", "Cross-image shift b2", settings.SHIFT_INTER)):
             param = QgsProcessingParameterNumber(name, label, NUMBER_DOUBLE, default)
             param.setMetadata({"widget_wrapper": {"decimals": 6}})
             self.addParameter(_advanced(param))
@@ -293,7 +306,7 @@ class TrainAlgorithm(_Base):
         if not out.endswith(".safetensors"):
             out += ".safetensors"
         args = ["train", folder, "-o", out,
-                "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or "dino_vits8"]
+                "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or settings.BACKBONE]
         for name in ("CLASSES", "STEPS", "BATCH_SIZE", "WINDOW", "MAX_WINDOWS", "EXTRA_CLUSTERS", "SEED"):
             args += ["--" + name.lower().replace("_", "-"), self.parameterAsInt(parameters, name, context)]
         for name in ("LR_COMPRESSOR", "LR_LABELER", "ALPHA", "TEMPERATURE", "SHIFT_INTRA", "SHIFT_INTER"):
@@ -314,15 +327,15 @@ class VectorizeAlgorithm(_Base):
         return ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
                 "neighbours (sieve), then each region becomes a polygon with its class id, class name and area in "
                 "square metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
-                "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify: "
+                "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify tolerance: "
                 "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
         self.addParameter(QgsProcessingParameterNumber("MIN_AREA", "Minimum area (m2)",
-                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
+                                                       NUMBER_DOUBLE, settings.MIN_AREA, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber("SIMPLIFY", "Simplify tolerance (CRS units)",
-                                                       NUMBER_DOUBLE, 0.0, minValue=0.0))
+                                                       NUMBER_DOUBLE, settings.SIMPLIFY, minValue=0.0))
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Polygons", VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
@@ -461,7 +474,7 @@ class CheckEnvironmentAlgorithm(_Base):
         lines = [f"Environment: {info['origin']}", f"Python {info['python_version']}", f"SegUnify {info['segunify']}",
                  f"PyTorch {info['torch']}" + (f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else ""),
                  f"Device: {info['device']}", f"CRF backend: {info['crf_backend']}",
-                 f"Backbone {info.get('backbone', 'dino_vits8')} weights: {weights}",
+                 f"Backbone {info.get('backbone', settings.BACKBONE)} weights: {weights}",
                  "Backbone weights cached: " + (", ".join(cached) if cached else "none")]
         if info["crf_backend"] == "torch":
             lines.append("For the reference CRF install pydensecrf2 in that environment "
@@ -489,7 +502,7 @@ class InstallEnvironmentAlgorithm(_Base):
             "with the CPU build of PyTorch, 5-6 GB with the CUDA build). The default is a per-user folder; the "
             f"SEGUNIFY_ENV_DIR variable moves it.\nMode: Install does nothing when the folder already holds this "
             "plugin's SegUnify; Upgrade SegUnify replaces SegUnify only (after updating the plugin).\n"
-            "Offline: a folder of wheels made by scripts/build_offline_bundle.py on a machine with internet; "
+            "Offline: folder of wheels: wheels made by scripts/build_offline_bundle.py on a machine with internet; "
             "nothing is then downloaded.\n\nAdvanced: Torch source: empty or auto picks the CUDA build of "
             "PyTorch when nvidia-smi reports an NVIDIA GPU and the CPU build otherwise; cpu, registry (pip's "
             f"configured index), an index URL (e.g. https://download.pytorch.org/whl/cu126 for older drivers) "

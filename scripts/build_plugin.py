@@ -17,6 +17,10 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qgis_plugin.core_settings import SETTINGS_COPY  # noqa: E402 - stdlib only, no QGIS needed
+
 PLUGIN_NAME = "segunify"
 
 
@@ -57,6 +61,8 @@ def build_plugin(dest: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(REPO / "qgis_plugin", folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "wheels"))
     shutil.copy2(REPO / "metadata.txt", folder / "metadata.txt")
+    # The plugin's parameters read their defaults and choices from the core's one settings file.
+    shutil.copy2(REPO / "segunify_core" / "settings.py", folder / SETTINGS_COPY)
     wheel = build_wheel(folder / "wheels")
     if not wheel.name.startswith(f"segunify-{found['metadata.txt']}-"):
         raise SystemExit(f"build_plugin: built {wheel.name}, expected version {found['metadata.txt']}")

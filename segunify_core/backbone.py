@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import settings
 from .errors import SegUnifyError
 from .manifest import file_sha256
 
@@ -43,18 +44,8 @@ class BackboneSpec:
 
 
 # Short names users know from the DINO papers, mapped to timm's published copies of the weights.
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("dino_vits8", "vit_small_patch8_224.dino", 8, 384, "DINO ViT-S/8 (default)"),
-        BackboneSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
-        BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, "DINO ViT-B/8 (Potsdam reference)"),
-        BackboneSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, "DINO ViT-B/16"),
-        BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
-        BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14"),
-    )
-}
-DEFAULT_BACKBONE = "dino_vits8"
+BACKBONES: dict[str, BackboneSpec] = {row[0]: BackboneSpec(*row) for row in settings.BACKBONES}
+DEFAULT_BACKBONE = settings.BACKBONE
 
 
 def resolve_backbone(name: str) -> BackboneSpec:
@@ -373,7 +364,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsF
         except Exception as exc:
             raise SegUnifyError(
                 f"Could not download the weights of backbone '{spec.name}' ({type(exc).__name__}); "
-                "on a machine without internet pass a local checkpoint with --backbone-weights FILE "
+                "on a machine without internet give a local checkpoint as the backbone weights file (--backbone-weights) "
                 "(official DINO .pth or timm .safetensors/.pth)."
             ) from None
     else:
@@ -393,14 +384,14 @@ def load_weights(model: nn.Module, path: Path) -> None:
         first = str(exc).strip().splitlines()[-1][:200]
         raise SegUnifyError(
             f"Backbone weights '{path}' do not fit this backbone ({first}); pass the checkpoint of "
-            "the backbone named with --backbone."
+            "the chosen backbone (--backbone)."
         ) from None
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise SegUnifyError(
             f"Backbone weights '{path}' do not fit this backbone ({detail}); pass the checkpoint of "
-            "the backbone named with --backbone."
+            "the chosen backbone (--backbone)."
         )
 
 

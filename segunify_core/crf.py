@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import settings
 from .backbone import cpu_has_native_bf16
 from .densecrf_window import CRFParams, refine_window, worker_init
 from .errors import SegUnifyError
 
-CRF_CHOICES = ("auto", "pydensecrf", "torch", "none")
+CRF_CHOICES = settings.CRF_BACKENDS
 MAX_BILATERAL_WEIGHTS = 1 << 26  # per window: 128 MB in half floats, 256 MB in float32
 
 
@@ -55,7 +56,7 @@ class PyDenseCRF:
     def __init__(self, params: CRFParams = CRFParams(), workers: int | None = None):
         if not pydensecrf_available():
             raise SegUnifyError("The pydensecrf CRF backend is not installed; install it with "
-                                "`pip install segunify[crf]` or use --crf torch.")
+                                "`pip install segunify[crf]` or choose the torch CRF backend (--crf torch).")
         self.params = params
         self.workers = available_cores() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from . import settings
 from .errors import SegUnifyError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = settings.DEVICES
 
 
 def resolve_device(name: str) -> torch.device:

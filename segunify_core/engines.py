@@ -38,7 +38,7 @@ def parse_cluster(text: str) -> int:
     name, _, count = text.partition(":")
     if name != "local" or (count and not count.isdigit()) or count == "0":
         raise SegUnifyError(f"Cluster '{text}' is not understood; write local or local:N (N worker processes) "
-                            "[--cluster], or give a running scheduler with --scheduler or --scheduler-file.")
+                            "(local cluster, --cluster), or give a running scheduler's address (--scheduler) or file (--scheduler-file).")
     return int(count) if count else max(1, (os.cpu_count() or 2) // 2)
 
 

@@ -178,7 +178,7 @@ class ValidationData:
             return cls(description, load_folder, len(pairs), max(n_classes, 1),
                        frozenset(image_key(image) for image, _ in pairs))
         raise SegUnifyError(f"Validation data '{data}' is neither a Potsdam folder nor a folder with images/ and "
-                            "labels/; point --val at one of those.")
+                            "labels/; point the validation data (--val) at one of those.")
 
 
 class Validator:

@@ -153,12 +153,13 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
     free = shutil.disk_usage(folder.parent).free
     if need > free:
         raise SegUnifyError(f"The feature cache needs {need / 1e9:.1f} GB but '{folder.parent}' has "
-                            f"{free / 1e9:.1f} GB free; lower --max-windows or pass --cache-dir.")
+                            f"{free / 1e9:.1f} GB free; lower the maximum windows (--max-windows) or choose another "
+                            "cache folder (--cache-dir).")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SegUnifyError(f"Cannot create the feature cache in '{folder.parent}' ({exc.strerror}); pass a "
-                            "writable --cache-dir.") from None
+        raise SegUnifyError(f"Cannot create the feature cache in '{folder.parent}' ({exc.strerror}); choose a "
+                            "writable cache folder (--cache-dir).") from None
     with atomic_path(folder, suffix="", directory=True) as tmp:
         store = np.memmap(tmp / "features.f16", dtype=np.float16, mode="w+", shape=shape)
         offset = 0

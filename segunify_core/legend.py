@@ -163,25 +163,25 @@ class Legend:
         """A new legend: classes renamed, recoloured and merged (ids are this legend's ids)."""
         names, colours, merges = names or {}, colours or {}, merges or []
         valid = f"1..{self.n_classes}"
-        for option, given in (("--name", names), ("--colour", colours),
-                              ("--merge", [i for ids, _ in merges for i in ids])):
+        for setting, given in (("class names (--name)", names), ("class colours (--colour)", colours),
+                               ("merges (--merge)", [i for ids, _ in merges for i in ids])):
             for i in given:
                 if not 1 <= i <= self.n_classes:
-                    raise SegUnifyError(f"Class {i} does not exist: this model has classes {valid} ({option}); "
-                                        "see `segunify classes MODEL`.")
+                    raise SegUnifyError(f"Class {i} does not exist: this model has classes {valid}; fix the {setting} "
+                                        "(see `segunify classes MODEL`).")
         group_of: dict[int, int] = {}
         for g, (ids, _) in enumerate(merges):
             if len(set(ids)) < 2:
-                raise SegUnifyError(f"Merging needs at least two different classes, e.g. --merge 4,5=vegetation "
+                raise SegUnifyError(f"Merging needs at least two different classes, e.g. the merge (--merge) 4,5=vegetation "
                                     f"(got '{','.join(map(str, ids))}').")
             for i in ids:
                 if i in group_of:
-                    raise SegUnifyError(f"Class {i} is in two merges; put it in one --merge only.")
+                    raise SegUnifyError(f"Class {i} is in two merges; put it in one merge (--merge) only.")
                 group_of[i] = g
         for i in names:
             if i in group_of:
-                raise SegUnifyError(f"Class {i} is merged (--merge); name the merged class there, e.g. "
-                                    f"--merge {','.join(map(str, merges[group_of[i]][0]))}=NAME.")
+                raise SegUnifyError(f"Class {i} is merged (--merge); name the merged class there, e.g. the merge "
+                                    f"{','.join(map(str, merges[group_of[i]][0]))}=NAME (--merge).")
         parsed = {i: parse_colour(text, i) for i, text in colours.items()}
         for ids, _ in merges:
             if len({parsed[i] for i in ids if i in parsed}) > 1:
@@ -318,7 +318,8 @@ def parse_id_value(text: str, option: str) -> tuple[list[int], str]:
         ids = []
     if not ids or (not sep and option != "--merge"):
         example = {"--name": "3=roof", "--colour": "3=#c0392b", "--merge": "4,5=vegetation"}[option]
-        raise SegUnifyError(f"'{text}' is not of the form {example} ({option}).")
+        setting = {"--name": "class name", "--colour": "class colour", "--merge": "merge"}[option]
+        raise SegUnifyError(f"'{text}' is not of the form {example} ({setting}, {option}).")
     return ids, value.strip()
 
 
@@ -329,7 +330,7 @@ def parse_edits(names: Sequence[str] = (), merges: Sequence[str] = (), colours: 
     for text in names:
         ids, value = parse_id_value(text, "--name")
         if len(ids) != 1:
-            raise SegUnifyError(f"'{text}' names several classes; merge them with --merge {text}.")
+            raise SegUnifyError(f"'{text}' names several classes; merge them instead (--merge {text}).")
         named[ids[0]] = value
     coloured: dict[int, str] = {}
     for text in colours:
@@ -351,7 +352,7 @@ def rewrite_model_legend(source: str | Path, target: str | Path, edit: dict[str,
         raise SegUnifyError("The new model would replace the original; models are never modified in place, "
                             "give another file name (-o).")
     if target.exists() and not overwrite:
-        raise SegUnifyError(f"Output '{target}' already exists; pass --overwrite to replace it.")
+        raise SegUnifyError(f"Output '{target}' already exists; choose another output or allow replacing it (--overwrite).")
     meta, tensors = read_model_file(source)
     legend = Legend.of_model_file(meta).edit(**edit)
     meta = {k: v for k, v in meta.items() if k != "legend"}

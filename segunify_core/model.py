@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import settings
 from .atomic import atomic_path
 from .backbone import DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
 from .compressor import Compressor
@@ -34,17 +35,17 @@ LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at infere
 @dataclasses.dataclass
 class ModelConfig:
     backbone: str = DEFAULT_BACKBONE
-    classes: int = 3
-    extra_clusters: int = 0
-    code_dim: int = 64
-    dropout: float = 0.2
-    nonlinear: bool = True
-    outer_silu: bool = False
+    classes: int = settings.CLASSES
+    extra_clusters: int = settings.EXTRA_CLUSTERS
+    code_dim: int = settings.CODE_DIM
+    dropout: float = settings.DROPOUT
+    nonlinear: bool = settings.NONLINEAR
+    outer_silu: bool = settings.OUTER_SILU
     feature_width: int = 384
     patch_size: int = 8
     bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
     gsd: float | None = None  # ground sampling distance of the training windows, metres
-    local_sets: int = 1  # local (student) prototype sets; inference uses the global set only
+    local_sets: int = settings.LOCAL_SETS  # local (student) prototype sets; inference uses the global set only
 
     @property
     def n_clusters(self) -> int:
@@ -156,7 +157,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 
     path = Path(path)
     if not path.is_file():
-        raise SegUnifyError(f"Model file '{path}' does not exist; check the path given to --model.")
+        raise SegUnifyError(f"Model file '{path}' does not exist; check the model file (--model).")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}

@@ -54,8 +54,8 @@ def default_bands(ds: rasterio.io.DatasetReader) -> tuple[int, int, int]:
         return (colour[0], colour[1], colour[2])
     if len(colour) == 1:
         return (colour[0],) * 3
-    raise SegUnifyError(f"Input '{ds.name}' has {len(colour)} image bands; choose three with "
-                        "--bands (e.g. --bands 1,2,2) or one with --bands 1.")
+    raise SegUnifyError(f"Input '{ds.name}' has {len(colour)} image bands; choose three "
+                        "bands (--bands), e.g. 1,2,2, or one, e.g. 1.")
 
 
 def parse_bands(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -65,12 +65,12 @@ def parse_bands(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
         try:
             values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
         except ValueError:
-            raise SegUnifyError(f"--bands '{text}' is not a list of band numbers; write e.g. "
-                                "--bands 1,2,3.") from None
+            raise SegUnifyError(f"Bands (--bands) '{text}' is not a list of band numbers; write e.g. "
+                                "1,2,3.") from None
     else:
         values = tuple(int(v) for v in text)
     if not values:
-        raise SegUnifyError("No band selected; pass one or three band numbers, e.g. --bands 1,2,3.")
+        raise SegUnifyError("No band selected; choose one or three bands (--bands), e.g. 1,2,3.")
     return values
 
 
@@ -79,12 +79,12 @@ def choose_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> 
         return default_bands(ds)
     bands = tuple(bands)
     if len(bands) not in (1, 3):
-        raise SegUnifyError(f"{len(bands)} bands selected; pass one band (repeated as grey) or three, "
-                            "e.g. --bands 1,2,3.")
+        raise SegUnifyError(f"{len(bands)} bands selected; choose one band (repeated as grey) or three "
+                            "in bands (--bands), e.g. 1,2,3.")
     for b in bands:
         if not 1 <= b <= ds.count:
             raise SegUnifyError(f"Band {b} is out of range: '{ds.name}' has bands 1..{ds.count}; "
-                                "fix --bands.")
+                                "fix the bands (--bands).")
     return bands * 3 if len(bands) == 1 else bands  # type: ignore[return-value]
 
 

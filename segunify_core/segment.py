@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import settings
 from .assembly import assemble
 from .backbone import Backbone
 from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
@@ -45,14 +46,14 @@ __all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "se
 
 @dataclasses.dataclass
 class SegmentOptions:
-    window: int = 320
-    stride: int = 256
-    batch_size: int = 4
-    flip: bool = True
+    window: int = settings.WINDOW
+    stride: int = settings.STRIDE
+    batch_size: int = settings.SEGMENT_BATCH_SIZE
+    flip: bool = settings.FLIP
     native_resolution: bool = False
     bands: Sequence[int] | None = None
     probabilities: str | Path | None = None
-    probabilities_dtype: str = "float16"  # or "uint8" (0..255 scaled)
+    probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0]  # or "uint8" (0..255 scaled)
     cog: bool = False
     overwrite: bool = False
     preview: str | Path | None = None

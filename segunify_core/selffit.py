@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import settings
 from .backbone import Backbone
 from .features import build_cache
 from .legend import cluster_shares
@@ -32,18 +33,21 @@ class SelfFitOptions:
     """Fit a model on windows of the input itself (no model file given)."""
 
     classes: int
-    extra_clusters: int = 0
-    steps: int = 300
-    batch_size: int = 16
-    max_windows: int = 64
-    feature_crop: int = 28  # patches; random crops of the cached window grids keep steps cheap
-    seed: int = 0
-    shift_intra: float = 0.1
-    shift_inter: float = 0.5
-    temperature: float = 0.1
-    alpha: float = 0.998
-    local_sets: int = 1
+    extra_clusters: int = settings.EXTRA_CLUSTERS
+    steps: int = settings.FIT_STEPS
+    batch_size: int = settings.FIT_BATCH_SIZE
+    max_windows: int = settings.FIT_WINDOWS
+    feature_crop: int = settings.FIT_FEATURE_CROP
+    seed: int = settings.SEED
+    shift_intra: float = settings.SHIFT_INTRA
+    shift_inter: float = settings.SHIFT_INTER
+    temperature: float = settings.TEMPERATURE
+    alpha: float = settings.ALPHA
+    local_sets: int = settings.LOCAL_SETS
     cache_dir: str | Path | None = None
+
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}  # what a self-fit passes on as is
 
 
 def sample_windows(rasters: Sequence[RasterJob], count: int, seed: int) -> list[tuple[RasterJob, Tile]]:
@@ -84,12 +88,9 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
                             progress=(lambda d, t: progress("features", d, t)) if progress else None)
         for reader, _ in readers.values():
             reader.close()
-        config = TrainConfig(
-            classes=fit.classes, extra_clusters=fit.extra_clusters, steps=fit.steps,
-            batch_size=max(2, min(fit.batch_size, len(cache) * cache.views)), seed=fit.seed,
-            shift_intra=fit.shift_intra, shift_inter=fit.shift_inter, temperature=fit.temperature,
-            alpha=fit.alpha, local_sets=fit.local_sets, feature_crop=fit.feature_crop, window=first_raster.model_window,
-            max_windows=fit.max_windows, bands=bands, flip=flip)
+        shared = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit) if f.name in _TRAIN_FIELDS}
+        config = TrainConfig(**{**shared, "batch_size": max(2, min(fit.batch_size, len(cache) * cache.views)),
+                                "window": first_raster.model_window, "bands": bands, "flip": flip})
         model = new_model(backbone, config, gsd)
         trainer = Trainer(model, cache, config)
         while trainer.step < config.steps:

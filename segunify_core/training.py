@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import settings
 from .backbone import Backbone, create_backbone
 from .compressor import DROPOUT_MASKS
 from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, training_images
@@ -48,34 +49,34 @@ EMA_ORDERS = ("after", "before")  # global-prototype EMA after the optimiser ste
 
 @dataclasses.dataclass
 class TrainConfig:
-    classes: int = 3
-    extra_clusters: int = 0
-    window: int = 224
-    steps: int = 3000
-    batch_size: int = 32
-    lr_compressor: float = 1e-4
-    lr_labeler: float = 5e-4
+    classes: int = settings.CLASSES
+    extra_clusters: int = settings.EXTRA_CLUSTERS
+    window: int = settings.TRAIN_WINDOW
+    steps: int = settings.STEPS
+    batch_size: int = settings.BATCH_SIZE
+    lr_compressor: float = settings.LR_COMPRESSOR
+    lr_labeler: float = settings.LR_LABELER
     weight_decay: float = 1e-5
     poly_power: float = 2.0
-    alpha: float = 0.998
-    temperature: float = 0.1
-    shift_intra: float = 0.1
-    shift_inter: float = 0.5
+    alpha: float = settings.ALPHA
+    temperature: float = settings.TEMPERATURE
+    shift_intra: float = settings.SHIFT_INTRA
+    shift_inter: float = settings.SHIFT_INTER
     pointwise: bool = True
-    code_dim: int = 64
-    dropout: float = 0.2
-    nonlinear: bool = True
-    outer_silu: bool = False
-    seed: int = 0
-    max_windows: int = 2000
+    code_dim: int = settings.CODE_DIM
+    dropout: float = settings.DROPOUT
+    nonlinear: bool = settings.NONLINEAR
+    outer_silu: bool = settings.OUTER_SILU
+    seed: int = settings.SEED
+    max_windows: int = settings.MAX_WINDOWS
     five_crop: bool = False
     crop_ratio: float = 0.5
-    flip: bool = True
+    flip: bool = settings.FLIP
     checkpoint_every: int = 400
     feature_crop: int | None = None  # train on random crops of this many patches of the cached grids
     bands: list[int] | None = None
     gsd: float | None = None  # target GSD in metres; default: the median GSD of the data
-    local_sets: int = 1  # local prototype sets learning against the one global set (1: the published model)
+    local_sets: int = settings.LOCAL_SETS
     lr_schedule: str = "poly-step"  # one of LR_SCHEDULES
     dropout_masks: str = "independent"  # one of compressor.DROPOUT_MASKS
     ema_order: str = "after"  # one of EMA_ORDERS
@@ -97,13 +98,14 @@ class TrainConfig:
                 raise SegUnifyError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; use one of "
                                     f"{', '.join(allowed)} ({flag}).")
         if self.steps < 1 or self.batch_size < 2:
-            raise SegUnifyError("Training needs --steps >= 1 and --batch-size >= 2 (cross-image "
-                                "smoothness pairs different images).")
+            raise SegUnifyError("Training needs at least 1 step (--steps) and a batch size of at least 2 "
+                                "(--batch-size): cross-image smoothness pairs different images.")
         if self.local_sets < 1:
             raise SegUnifyError("The number of local prototype sets (--local-sets) must be at least 1 (1 is the "
                                 "published single set).")
         if self.val_every < 1 or self.checkpoint_every < 1:
-            raise SegUnifyError("--val-every and --checkpoint-every must be at least 1 step.")
+            raise SegUnifyError("The validation interval (--val-every) and checkpoint interval (--checkpoint-every) "
+                                "must be at least 1 step.")
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -310,7 +312,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
         backbone_weights = backbone.weights.path
     backbone = backbone.to(torch_device)
     if config.window % backbone.patch_size:
-        raise SegUnifyError(f"--window {config.window} is not a multiple of the backbone's patch size "
+        raise SegUnifyError(f"The training window ({config.window} px, --window) is not a multiple of the backbone's patch size "
                             f"{backbone.patch_size}; pick e.g. {config.window // backbone.patch_size * backbone.patch_size}.")
 
     validation = ValidationData.open(val, bands=config.bands) if val is not None else None
@@ -353,7 +355,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
         if meta.get("cache_key") != key or meta.get("config") != dataclasses.asdict(config) \
                 or meta.get("validation") != (validation.description if validation else None):
             raise SegUnifyError(f"Checkpoint '{checkpoint}' was made with other data or settings; "
-                                "rerun with the same ones or drop --resume.")
+                                "rerun with the same ones or start over without resuming (drop --resume).")
         history = meta.get("history", [])
         best = {k[5:]: v for k, v in trainer.extra_tensors.items() if k.startswith("best.")} or None
         log.info("resuming from step %d", trainer.step)

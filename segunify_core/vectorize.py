@@ -27,7 +27,7 @@ def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float
 
     classes_path, output_path = Path(classes_path), Path(output_path)
     if output_path.exists() and not overwrite:
-        raise SegUnifyError(f"Output '{output_path}' already exists; pass --overwrite to replace it.")
+        raise SegUnifyError(f"Output '{output_path}' already exists; choose another output or allow replacing it (--overwrite).")
     if not classes_path.is_file():
         raise SegUnifyError(f"Class raster '{classes_path}' does not exist; check the path.")
     try:

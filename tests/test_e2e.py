@@ -53,3 +53,57 @@ def test_backbones_command():
     assert run.returncode == 0
     for name in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vits14", "dinov2_vitb14"):
         assert name in run.stdout
+
+
+def test_plugin_loads_the_one_settings_file_without_torch(tmp_path):
+    """The QGIS plugin reads segunify_core/settings.py by path (checkout) or its copy (built plugin),
+    and neither imports torch or the rest of segunify_core into QGIS's Python."""
+    import ast
+    import shutil
+    from pathlib import Path
+
+    from segunify_core import settings
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = ast.parse((repo / "segunify_core" / "settings.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))], "settings.py must import nothing"
+    probe = ("import json, sys\nfrom {pkg}.core_settings import settings\n"
+             "print(json.dumps([settings.__file__, settings.MAP_CLASSES, list(settings.CRF_BACKENDS), "
+             "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segunify_core', 'numpy'))]))")
+    checkout = subprocess.run([sys.executable, "-c", probe.format(pkg="qgis_plugin")], cwd=repo, capture_output=True,
+                              text=True, timeout=60)
+    assert checkout.returncode == 0, checkout.stderr
+    built = tmp_path / "segunify"  # the layout scripts/build_plugin.py writes
+    built.mkdir()
+    shutil.copy2(repo / "qgis_plugin" / "core_settings.py", built)
+    (built / "__init__.py").write_text("")
+    shutil.copy2(repo / "segunify_core" / "settings.py", built / "segunify_settings.py")
+    plugin = subprocess.run([sys.executable, "-c", probe.format(pkg="segunify")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert plugin.returncode == 0, plugin.stderr
+    for run, path in ((checkout, repo / "segunify_core" / "settings.py"), (plugin, built / "segunify_settings.py")):
+        file, map_classes, crf, heavy = json.loads(run.stdout)
+        assert Path(file) == path and heavy == []
+        assert (map_classes, crf) == (settings.MAP_CLASSES, list(settings.CRF_BACKENDS))
+
+
+def test_api_cli_and_self_fit_defaults_come_from_settings():
+    """The dataclasses and the CLI show the settings' values (no retyped copies)."""
+    from click.testing import CliRunner
+    from segunify_cli.main import cli
+
+    from segunify_core import SegmentOptions, SelfFitOptions, TrainConfig, settings
+    from segunify_core.model import ModelConfig
+
+    train, model, fit, seg = TrainConfig(), ModelConfig(), SelfFitOptions(classes=4), SegmentOptions()
+    assert train.classes == model.classes == settings.CLASSES and model.backbone == settings.BACKBONE
+    for name in ("extra_clusters", "code_dim", "dropout", "nonlinear", "outer_silu", "local_sets"):
+        assert getattr(train, name) == getattr(model, name) == getattr(settings, name.upper()), name
+    for name in ("seed", "shift_intra", "shift_inter", "temperature", "alpha", "local_sets", "extra_clusters"):
+        assert getattr(fit, name) == getattr(train, name) == getattr(settings, name.upper()), name
+    assert (seg.window, seg.stride, seg.batch_size, seg.flip) == (settings.WINDOW, settings.STRIDE,
+                                                                  settings.SEGMENT_BATCH_SIZE, settings.FLIP)
+    for command in ("tile-segment", "batch"):
+        text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+        assert f"[default: {settings.WINDOW}; {settings.MIN_WINDOW}<=x<={settings.MAX_WINDOW}]" in text, command
+        assert f"--crf [{'|'.join(settings.CRF_BACKENDS)}]" in text and f"[default: {settings.CRF}]" in text

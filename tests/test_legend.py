@@ -53,13 +53,13 @@ def test_merge_renumbers_by_lowest_cluster():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(names=["9=x"]), "Class 9 does not exist: this model has classes 1..6 (--name)"),
+    (dict(names=["9=x"]), "Class 9 does not exist: this model has classes 1..6; fix the class names (--name)"),
     (dict(colours=["2=red"]), "Colour 'red' for class 2 is not a hex colour like #c0392b"),
     (dict(merges=["2,2=x"]), "Merging needs at least two different classes"),
     (dict(merges=["1,2=a", "2,3=b"]), "Class 2 is in two merges"),
     (dict(merges=["1,2=a"], names=["1=b"]), "Class 1 is merged (--merge); name the merged class there"),
     (dict(names=["1=a", "2=a"]), "Two classes would be named 'a'"),
-    (dict(names=["road"]), "'road' is not of the form 3=roof (--name)"),
+    (dict(names=["road"]), "'road' is not of the form 3=roof (class name, --name)"),
     (dict(merges=["1,2=a"], colours=["1=#000000", "2=#ffffff"]), "were given different colours"),
 ])
 def test_bad_edits_are_one_clear_sentence(kw, message):
@@ -104,8 +104,8 @@ def test_classes_command_lists_and_writes_a_new_model(tiny_model, tmp_path):
     meta, _ = read_model_file(new)
     assert meta["legend"]["classes"][1] == {"name": "land", "colour": "#377eb8", "clusters": [1, 2]}
     for args, message in ((["-o", str(tiny_model), "--name", "1=x"], "never modified in place"),
-                          (["-o", str(new), "--name", "1=x"], "already exists; pass --overwrite"),
-                          (["--name", "1=x"], "need -o NEW"),
+                          (["-o", str(new), "--name", "1=x"], "already exists; choose another output or allow replacing it (--overwrite)"),
+                          (["--name", "1=x"], "need a new model file (-o NEW)"),
                           (["-o", str(tmp_path / "x.safetensors"), "--colour", "1=#12"], "not a hex colour")):
         bad = subprocess.run(CLI + ["classes", str(tiny_model), *args], capture_output=True, text=True, timeout=120)
         assert bad.returncode != 0 and message in bad.stderr, bad.stderr

@@ -26,7 +26,6 @@ from tests.conftest import TINY_VIT, make_blobs, write_geotiff
 from tests.helpers import exploit_pickle
 
 CLI = [sys.executable, "-m", "segunify_cli"]
-MESSAGES: list[tuple[str, str]] = []  # (case, message) for the report printed at the end
 
 
 def _default_signals():
@@ -52,7 +51,6 @@ def run_fail(case: str, args: list[str], expect: str, workdir: Path, inputs: Pat
     assert set(os.listdir(workdir)) == listing, f"{case}: left files {set(os.listdir(workdir)) - listing}"
     if inputs:
         assert digest(inputs) == before, f"{case}: input changed"
-    MESSAGES.append((case, message))
     return message
 
 
@@ -98,13 +96,15 @@ def test_truncated_geotiff(env):
 
 
 def test_zero_bands(env):
-    run_fail("zero bands selected", seg_args(env, env["good"], "--bands", ","), "No band selected", env["out"],
-             env["inputs"])
+    message = run_fail("zero bands selected", seg_args(env, env["good"], "--bands", ","), "No band selected",
+                       env["out"], env["inputs"])
+    assert "bands (--bands)" in message  # the setting in words (QGIS users never typed a flag), then the flag
 
 
 def test_band_out_of_range(env):
-    run_fail("band index out of range", seg_args(env, env["good"], "--bands", "1,2,7"), "out of range",
-             env["out"], env["inputs"])
+    message = run_fail("band index out of range", seg_args(env, env["good"], "--bands", "1,2,7"), "out of range",
+                       env["out"], env["inputs"])
+    assert "bands (--bands)" in message
 
 
 @pytest.mark.parametrize("shape", [(1, 50), (50, 1)])
@@ -126,7 +126,7 @@ def test_all_nodata(env):
 
 def test_two_bands(env):
     src = write_geotiff(env["inputs"] / "two.tif", np.zeros((2, 64, 64), np.uint8) + 7)
-    run_fail("2-band raster", seg_args(env, src), "2 image bands", env["out"], env["inputs"])
+    assert "bands (--bands)" in run_fail("2-band raster", seg_args(env, src), "2 image bands", env["out"], env["inputs"])
 
 
 def test_complex_raster(env):
@@ -424,8 +424,6 @@ def test_unreadable_training_files_skipped(env, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "skipped 2 unreadable training image(s)" in run.stderr
-    MESSAGES.append(("unreadable files among good ones (warning)", next(
-        line for line in run.stderr.splitlines() if "skipped" in line)))
 
 
 def test_images_smaller_than_window(env, tmp_path):
@@ -502,9 +500,3 @@ def test_band_and_nodata_properties(tmp_path_factory, count, dtype, nodata, seed
     if dtype == "uint8":  # 8-bit data passes unchanged at valid pixels (invalid ones are filled later)
         for i, b in enumerate(chosen):
             assert np.array_equal(rgb[i][valid], arr[b - 1][valid].astype(np.float32))
-
-
-def test_print_message_table():
-    """Runs last in this module: prints the case -> message table for the closing note."""
-    for case, message in MESSAGES:
-        print(f"| {case} | {message} |")

@@ -34,7 +34,23 @@ _provider = SegUnifyProvider()
 QgsApplication.processingRegistry().addProvider(_provider)
 
 
+from qgis.core import QgsProcessingFeedback  # noqa: E402
+
 from tests.helpers import samples  # noqa: E402,F401 - shared fixture
+
+
+class CancelAt(QgsProcessingFeedback):
+    """Cancels the run once its progress bar reaches `at` percent; records where."""
+
+    def __init__(self, at: float):
+        super().__init__()
+        self.at, self.cancelled_at = at, None
+
+    def setProgress(self, value):  # noqa: N802 - QGIS API
+        super().setProgress(value)
+        if value >= self.at and self.cancelled_at is None:
+            self.cancelled_at = value
+            self.cancel()
 
 
 @pytest.fixture(scope="session")

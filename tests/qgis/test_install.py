@@ -19,11 +19,11 @@ from pathlib import Path
 
 import processing
 import pytest
+from conftest import REPO, CancelAt
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
 
 from qgis_plugin import installer, runner
 
-REPO = Path(__file__).resolve().parents[2]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 PARTIAL = runner.PARTIAL_MARK
 BLOCKED = {"PIP_NO_INDEX": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/nowhere", "PIP_EXTRA_INDEX_URL": ""}
@@ -140,18 +140,6 @@ def test_install_refuses_a_folder_that_is_not_an_environment(tmp_path, plugin_di
     with pytest.raises(QgsProcessingException, match="is not a SegUnify environment"):
         processing.run("segunify:install_environment", {"TARGET": str(tmp_path / "mine")})
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-
-
-class CancelAt(QgsProcessingFeedback):
-    def __init__(self, at: float):
-        super().__init__()
-        self.at, self.cancelled_at = at, None
-
-    def setProgress(self, value):  # noqa: N802 - QGIS API
-        super().setProgress(value)
-        if value >= self.at and self.cancelled_at is None:
-            self.cancelled_at = value
-            self.cancel()
 
 
 def test_cancel_at_30_percent_leaves_nothing(workspace, plugin_dir, monkeypatch):

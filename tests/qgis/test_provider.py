@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 
 import processing
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+from conftest import REPO, CancelAt
+from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer
 
 from qgis_plugin import runner
+from qgis_plugin.core_settings import settings
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
@@ -22,22 +25,77 @@ def test_provider_has_six_algorithms():
     assert ids == ["segunify:check_environment", "segunify:classes", "segunify:install_environment", "segunify:segment",
                    "segunify:train",
                    "segunify:vectorize"]
-    for alg in provider.algorithms():
-        assert len(alg.shortHelpString()) > 200, alg.id()
+    for alg in provider.algorithms():  # the help explains every parameter the dialog shows, by its label
+        help_text = alg.shortHelpString().lower()
+        for param in alg.parameterDefinitions():
+            label = param.description().split(" (")[0]
+            assert label.lower() in help_text, f"{alg.id()}: help does not explain '{label}'"
 
 
-class CancelAt(QgsProcessingFeedback):
-    """Cancels once the segmentation phase passes a share of the progress bar."""
+# Plugin parameter -> the CLI command and flag it becomes (processAlgorithm builds the same flags).
+CLI_COMMAND = {"segunify:segment": "tile-segment", "segunify:train": "train", "segunify:vectorize": "vectorize"}
+CLI_FLAG_ELSEWHERE = {("segunify:segment", "MIN_AREA"): ("vectorize", "--min-area")}  # Segment's polygons step
+NOT_OPTIONS = {"INPUT", "OUTPUT", "OUTPUT_VECTOR"}  # CLI arguments (and train's -o/--output), not options
+# The one deliberate difference (segunify_core/settings.py): the dialogs start analysts at MAP_CLASSES.
+PLUGIN_DEFAULTS = {("segunify:segment", "CLASSES"): settings.MAP_CLASSES,
+                   ("segunify:train", "CLASSES"): settings.MAP_CLASSES}
+DUMP_CLI = '''
+import json, click
+from segunify_cli.main import cli
+out = {}
+for name, command in cli.commands.items():
+    ctx = click.Context(command)
+    out[name] = {max(p.opts, key=len): {"default": p.get_default(ctx), "flag": p.is_flag or bool(p.secondary_opts),
+                                        "choices": list(getattr(p.type, "choices", None) or []) or None,
+                                        "min": getattr(p.type, "min", None), "max": getattr(p.type, "max", None)}
+                 for p in command.params if isinstance(p, click.Option)}
+print(json.dumps(out, default=lambda unset: None))  # required options: click's 'no default' marker
+'''
 
-    def __init__(self, at: float):
-        super().__init__()
-        self.at, self.cancelled_at = at, None
 
-    def setProgress(self, value):  # noqa: N802 - QGIS API
-        super().setProgress(value)
-        if value >= self.at and self.cancelled_at is None:
-            self.cancelled_at = value
-            self.cancel()
+def _bound(value):
+    """A QGIS number bound, None where QGIS means unbounded (+-DBL_MAX / int limits)."""
+    return None if value is None or abs(value) > 2**31 - 2 else value
+
+
+def test_plugin_parameters_match_the_cli():
+    """Every parameter the Segment, Train and Vectorize dialogs show becomes a CLI flag the `segunify`
+    command accepts, with the CLI's default, choices and range (the CLI's, read from the click options)."""
+    from conftest import VENV_PYTHON
+    from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterNumber
+
+    dump = subprocess.run([str(VENV_PYTHON), "-c", DUMP_CLI], capture_output=True, text=True, timeout=300)
+    assert dump.returncode == 0, dump.stderr
+    cli = json.loads(dump.stdout)
+    compared = 0
+    for alg_id, command in CLI_COMMAND.items():
+        alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+        for param in alg.parameterDefinitions():
+            name = param.name()
+            if name in NOT_OPTIONS:
+                continue
+            where, flag = CLI_FLAG_ELSEWHERE.get((alg_id, name), (command, "--" + name.lower().replace("_", "-")))
+            option = cli[where].get(flag)
+            assert option is not None, f"{alg_id} {name}: `segunify {where}` has no {flag}"
+            default = param.defaultValue()
+            if isinstance(param, QgsProcessingParameterEnum):
+                assert param.options() == option["choices"], f"{alg_id} {name}"
+                assert param.options()[default] == option["default"], f"{alg_id} {name}"
+            elif isinstance(param, QgsProcessingParameterBoolean):
+                assert option["flag"] and default == option["default"], f"{alg_id} {name}"
+            elif isinstance(param, QgsProcessingParameterNumber):
+                expected = PLUGIN_DEFAULTS.get((alg_id, name), option["default"])
+                assert default == expected, f"{alg_id} {name}: plugin {default}, expected {expected}"
+                assert (_bound(param.minimum()), _bound(param.maximum())) == (option["min"], option["max"]), \
+                    f"{alg_id} {name}: plugin range {param.minimum()}..{param.maximum()}, CLI {option['min']}..{option['max']}"
+            elif default is not None:  # strings (BACKBONE)
+                assert default == option["default"], f"{alg_id} {name}"
+            else:  # optional files and bands: the CLI leaves them unset too
+                assert option["default"] is None and param.flags() & param.FlagOptional, f"{alg_id} {name}"
+            compared += 1
+    assert compared == 31  # 13 Segment + 16 Train + 2 Vectorize parameters
+    tile = cli["tile-segment"]["--classes"]  # the dialogs' class count is one the CLI accepts
+    assert tile["min"] <= settings.MAP_CLASSES <= tile["max"] and cli["train"]["--classes"]["default"] == settings.CLASSES
 
 
 def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
@@ -145,20 +203,48 @@ def test_qgis_process_bad_input(plugin_dir, tiny_weights, tmp_path):
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["notes.tif"]
 
 
-def test_screenshot_of_dialog_is_in_docs():
-    """docs/segment_dialog.png is rendered by scripts/dialog_screenshot.py; the README shows it."""
-    from pathlib import Path
+# The dialogs in docs/, as scripts/dialog_screenshot.py renders them (its sizes) and the README shows them.
+SCREENSHOTS = {"segment": ("segment_dialog.png", 1000, 760), "install_environment": ("install_dialog.png", 900, 560)}
 
-    repo = Path(__file__).resolve().parents[2]
-    readme = (repo / "README.md").read_text()
-    for png in ("segment_dialog.png", "install_dialog.png"):
-        assert 10_000 < (repo / "docs" / png).stat().st_size < 200_000
+
+def test_screenshot_of_dialog_is_in_docs():
+    """docs/*_dialog.png are real renderings of the dialogs at the script's sizes, and the README shows them."""
+    from qgis.PyQt.QtGui import QImage
+
+    readme = (REPO / "README.md").read_text()
+    for png, width, height in SCREENSHOTS.values():
+        image = QImage(str(REPO / "docs" / png))
+        assert (image.width(), image.height()) == (width, height), png
+        colours = {image.pixel(x, y) for x in range(0, width, 7) for y in range(0, height, 7)}
+        assert len(colours) > 50, f"{png}: {len(colours)} colours, not a rendered dialog"
         assert f"docs/{png}" in readme
     # The QGIS install section is three steps: the zip, Install environment, Segment.
     steps = readme.split("### Install in three steps", 1)[1].split("![", 1)[0]
     numbered = [line for line in steps.splitlines() if line[:3] in ("1. ", "2. ", "3. ", "4. ")]
     assert [line[:30] for line in numbered] == ["1. **Install the zip**: *Plugi", "2. **Run Install environment**",
                                                 "3. **Run Segment raster** on a"]
+
+
+def test_segment_dialog_shows_every_parameter_with_its_default():
+    """The dialog the screenshot shows: a widget per parameter, holding the settings' defaults and ranges."""
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("segunify:segment")
+    dialog = AlgorithmDialog(alg)
+    dialog.show()
+    QgsApplication.processEvents()
+    try:
+        wrappers = dialog.mainWidget().wrappers
+        assert sorted(wrappers) == sorted(p.name() for p in alg.parameterDefinitions())
+        widget = {name: wrapper.wrappedWidget() for name, wrapper in wrappers.items()}
+        assert (widget["CLASSES"].value(), widget["CLASSES"].minimum(), widget["CLASSES"].maximum()) == (
+            settings.MAP_CLASSES, settings.MIN_CLASSES, settings.MAX_CLASSES)
+        assert (widget["WINDOW"].value(), widget["STRIDE"].value()) == (settings.WINDOW, settings.STRIDE)
+        assert widget["CRF"].currentText() == settings.CRF and widget["DEVICE"].currentText() == settings.DEVICE
+        assert [widget["CRF"].itemText(i) for i in range(widget["CRF"].count())] == list(settings.CRF_BACKENDS)
+        assert widget["FLIP"].isChecked() is settings.FLIP and widget["BACKBONE"].text() == settings.BACKBONE
+    finally:
+        dialog.close()
 
 
 def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp_path):

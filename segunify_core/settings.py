@@ -1,0 +1,88 @@
+"""Every user-facing setting's default, choices and range, defined once.
+
+The API's dataclasses (TrainConfig, ModelConfig, SelfFitOptions, SegmentOptions), the CLI's click
+options and the QGIS plugin's Processing parameters all read their values from here.
+
+Standard library only, and no imports at all: the QGIS plugin loads this very file by path in
+QGIS's own Python (from the repository checkout, or from the copy scripts/build_plugin.py puts in
+the plugin), where torch and the rest of segunify_core must never be imported.
+"""
+
+# Backbones: the short names users know from the DINO papers -> timm's published copy of the weights,
+# patch size, feature channels, description. backbone.BACKBONES is built from these rows; any timm
+# ViT name is accepted too.
+BACKBONES = (
+    ("dino_vits8", "vit_small_patch8_224.dino", 8, 384, "DINO ViT-S/8 (default)"),
+    ("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
+    ("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, "DINO ViT-B/8 (Potsdam reference)"),
+    ("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, "DINO ViT-B/16"),
+    ("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
+    ("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14"),
+)
+BACKBONE = "dino_vits8"
+BACKBONE_NAMES = tuple(row[0] for row in BACKBONES)
+
+# Where and how the model runs.
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE = "auto"
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bfloat16 where the hardware runs it natively
+PRECISION = "auto"
+CRF_BACKENDS = ("none", "auto", "pydensecrf", "torch")  # the plugin's list shows them in this order
+CRF = "none"
+FLIP = True  # average each window's codes with its horizontal mirror
+
+# Classes. Two defaults on purpose: CLASSES is the method's K (Potsdam-3, the benchmark it is measured
+# on), the default of `segunify train` and of the API. MAP_CLASSES is where the QGIS dialogs (self-fit
+# in Segment raster, Train model) and scripts/demo.sh start an analyst mapping an unknown orthophoto:
+# a couple more clusters than the usual land-cover classes, to be named and merged into a legend
+# (Name and merge classes). The CLI's self-fit has no default: --classes K is what asks for it.
+CLASSES = 3
+MAP_CLASSES = 5
+MIN_CLASSES = 2
+MAX_CLASSES = 255  # class rasters are uint8 with 0 = nodata
+EXTRA_CLUSTERS = 0
+LOCAL_SETS = 1  # local prototype sets learning against the one global set (1: the published model)
+
+# Compressor and Labeler.
+CODE_DIM = 64
+DROPOUT = 0.2
+NONLINEAR = True
+OUTER_SILU = False
+TEMPERATURE = 0.1  # soft-assignment temperature tau
+ALPHA = 0.998  # EMA momentum of the global prototypes
+SHIFT_INTRA = 0.1  # closeness smoothness shift b1
+SHIFT_INTER = 0.5  # cross-image smoothness shift b2
+SEED = 0
+
+# Training (`segunify train`, Train model).
+TRAIN_WINDOW = 224  # px, the published training resolution
+MIN_TRAIN_WINDOW = 32
+STEPS = 3000
+MIN_STEPS = 1
+BATCH_SIZE = 32
+MIN_BATCH_SIZE = 2  # cross-image smoothness pairs different images
+MAX_WINDOWS = 2000
+MIN_MAX_WINDOWS = 2
+LR_COMPRESSOR = 1e-4
+LR_LABELER = 5e-4
+
+# Self-fit (a model fitted on the input itself): a short run on a few windows.
+FIT_STEPS = 300
+FIT_BATCH_SIZE = 16
+FIT_WINDOWS = 64
+FIT_FEATURE_CROP = 28  # patches; random crops of the cached window grids keep steps cheap
+
+# Segmenting (`segunify tile-segment` / `batch`, Segment raster).
+WINDOW = 320  # model px
+MIN_WINDOW = 32
+MAX_WINDOW = 2048
+STRIDE = 256  # model px
+MIN_STRIDE = 8
+MAX_STRIDE = 2048
+SEGMENT_BATCH_SIZE = 4  # windows per backbone call
+MIN_SEGMENT_BATCH_SIZE = 1
+PROBABILITIES_DTYPES = ("float16", "uint8")
+
+# Polygons (`segunify vectorize`, Vectorize classes).
+MIN_AREA = 0.0  # square metres; 0 keeps every region
+SIMPLIFY = 0.0  # CRS units; 0 keeps the pixel outlines
