@@ -87,7 +87,7 @@ def paired_cost(sets_list: list[int], batch: int, rounds: int = 7, steps: int = 
         trainers = {}
         for m in sets_list:
             config = TrainConfig(classes=3, steps=rounds * steps + 1, batch_size=batch, local_sets=m)
-            trainers[m] = Trainer(SegUnifyModel(ModelConfig(classes=3, feature_width=192, local_sets=m)), cache, config)
+            trainers[m] = Trainer(SegUnifyModel(ModelConfig(classes=3, feature_dim=192, local_sets=m)), cache, config)
             trainers[m].train_step()  # warm-up
         times: dict[int, list[float]] = {m: [] for m in sets_list}
         for _ in range(rounds):

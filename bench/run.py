@@ -52,7 +52,7 @@ TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
 
 def vit_flops(backbone, size: int) -> float:
     n = (size // backbone.patch_size) ** 2 + backbone.num_prefix_tokens
-    c = backbone.width
+    c = backbone.feature_dim
     depth = len(backbone.model.blocks)
     return depth * 2 * (12 * n * c * c + 2 * n * n * c) + 2 * n * c * 3 * backbone.patch_size ** 2
 

@@ -35,7 +35,7 @@ class BackboneSpec:
     name: str
     timm_name: str
     patch_size: int
-    width: int
+    feature_dim: int  # channels of the patch-token grid
     description: str
 
 
@@ -157,7 +157,7 @@ class Backbone(nn.Module):
         self.spec = spec
         self.model = model
         self.patch_size = _patch_size(model)
-        self.width = int(model.num_features)
+        self.feature_dim = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -208,7 +208,7 @@ class Backbone(nn.Module):
             with self.autocast(x.device):
                 tokens = self.model.forward_features(x)
         grid = tokens[:, self.num_prefix_tokens:, :].float()
-        return grid.transpose(1, 2).reshape(b, self.width, h // p, w // p).contiguous()
+        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
 
     def _fused(self, x: torch.Tensor) -> _FusedGraph | None:
         """The fused graph for this input size and precision (built on first use), or None.

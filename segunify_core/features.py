@@ -147,7 +147,7 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
     device = device or torch.device("cpu")
     grid = window // backbone.patch_size
     views = 2 if flip else 1
-    shape = shape or (count, views, backbone.width, grid, grid)
+    shape = shape or (count, views, backbone.feature_dim, grid, grid)
     need = math.prod(shape) * 2
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free

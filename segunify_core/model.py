@@ -26,6 +26,8 @@ from .legend import Legend
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
 LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
+# Config keys renamed since files were first written: old key -> current field (read, never written).
+RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
 
 
 @dataclasses.dataclass
@@ -37,7 +39,7 @@ class ModelConfig:
     dropout: float = 0.2
     nonlinear: bool = True
     outer_silu: bool = False
-    feature_width: int = 384
+    feature_dim: int = 384  # backbone channels
     patch_size: int = 8
     bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
     gsd: float | None = None  # ground sampling distance of the training windows, metres
@@ -53,7 +55,7 @@ class SegUnifyModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.compressor = Compressor(config.feature_width, config.code_dim, config.dropout,
+        self.compressor = Compressor(config.feature_dim, config.code_dim, config.dropout,
                                      config.nonlinear, config.outer_silu)
         self.labeler = Labeler(config.code_dim, config.n_clusters, config.local_sets)
         self.metadata: dict[str, Any] = {}
@@ -172,19 +174,25 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return meta, tensors
 
 
+def model_config(stored: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig of a model file's "config" metadata, older key names included."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    renamed = {RENAMED_CONFIG_KEYS.get(k, k): v for k, v in stored.items()}
+    return ModelConfig(**{k: v for k, v in renamed.items() if k in fields})
+
+
 def load_model(path: str | Path, backbone_weights: str | Path | None = None,
                backbone: Backbone | None = None, pretrained: bool = True) -> SegUnifyModel:
     """Load a model file and attach its backbone (given, from a local checkpoint, or the hub)."""
     meta, tensors = read_model_file(path)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    config = model_config(meta["config"])
     if backbone is None:
         backbone = create_backbone(config.backbone, backbone_weights, pretrained=pretrained)
-    if backbone.width != config.feature_width or backbone.patch_size != config.patch_size:
+    if backbone.feature_dim != config.feature_dim or backbone.patch_size != config.patch_size:
         raise SegUnifyError(
-            f"Model '{path}' was trained on backbone '{config.backbone}' (width "
-            f"{config.feature_width}, patch {config.patch_size}) but the backbone given has width "
-            f"{backbone.width}, patch {backbone.patch_size}; pass that backbone's weights."
+            f"Model '{path}' was trained on backbone '{config.backbone}' ({config.feature_dim} feature "
+            f"channels, patch {config.patch_size}) but the backbone given has {backbone.feature_dim}, patch "
+            f"{backbone.patch_size}; pass that backbone's weights."
         )
     model = SegUnifyModel(config, backbone)
     try:

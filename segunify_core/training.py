@@ -248,7 +248,7 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
     model_config = ModelConfig(
         backbone=backbone.spec.name, classes=config.classes, extra_clusters=config.extra_clusters,
         code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
-        outer_silu=config.outer_silu, feature_width=backbone.width, patch_size=backbone.patch_size,
+        outer_silu=config.outer_silu, feature_dim=backbone.feature_dim, patch_size=backbone.patch_size,
         bands=config.bands, gsd=gsd, local_sets=config.local_sets)
     torch.manual_seed(config.seed)  # prototype and layer initialisation
     return SegUnifyModel(model_config)

@@ -15,7 +15,7 @@ class CountingBackbone(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
         self.inner, self.calls = inner, 0
-        self.spec, self.patch_size, self.width, self.precision = inner.spec, inner.patch_size, inner.width, "fp32"
+        self.spec, self.patch_size, self.feature_dim, self.precision = inner.spec, inner.patch_size, inner.feature_dim, "fp32"
 
     def forward(self, x):
         self.calls += 1

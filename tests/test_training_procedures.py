@@ -48,7 +48,7 @@ class MemoryCache:
 def small_trainer(**kw) -> Trainer:
     config = TrainConfig(**{"classes": 3, "code_dim": 8, "batch_size": 2, "steps": 10, "seed": 1, **kw})
     torch.manual_seed(config.seed)
-    model = SegUnifyModel(ModelConfig(classes=3, code_dim=8, feature_width=16, dropout=config.dropout))
+    model = SegUnifyModel(ModelConfig(classes=3, code_dim=8, feature_dim=16, dropout=config.dropout))
     return Trainer(model, MemoryCache(), config)
 
 
