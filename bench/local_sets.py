@@ -40,12 +40,12 @@ WINDOW = 224
 
 def scene_cache(scene: Path, size: int, backbone, folder: Path, windows: int):
     """Features of `windows` random 224 px windows of the scene and their flips, computed once."""
-    from segunify_core.datasets import training_images
-    from segunify_core.features import WindowReader, build_cache, plan_windows
+    from segunify_core.datasets import TrainWindowReader, plan_windows, training_images
+    from segunify_core.features import build_cache
 
     images = training_images([scene])
     plan = plan_windows([(size, size)], [1.0], WINDOW, windows, seed=0)
-    reader = WindowReader(images, plan, WINDOW, None)
+    reader = TrainWindowReader(images, plan, WINDOW, None)
     try:
         return build_cache(folder, len(plan), reader, WINDOW, backbone, True)
     finally:
@@ -119,7 +119,7 @@ def main() -> None:
 
 
 def recovery(args, sets_list: list[int]) -> None:
-    from tests.conftest import make_blobs, write_geotiff
+    from segunify_core.synthetic import make_blobs, write_geotiff
 
     results: dict[int, dict[int, list[float]]] = {m: {} for m in sets_list}
     costs: dict[int, list[float]] = {m: [] for m in sets_list}

@@ -16,11 +16,15 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import SegUnifyError
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 log = logging.getLogger("segunify")
 
@@ -71,7 +75,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     return BackboneSpec(name, name, _patch_size(model), int(model.num_features), "timm model")
 
 
-def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
+def _create_timm(timm_name: str, pretrained: bool) -> VisionTransformer:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
@@ -87,7 +91,7 @@ def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
     return model
 
 
-def _patch_size(model: nn.Module) -> int:
+def _patch_size(model: VisionTransformer) -> int:
     size = model.patch_embed.patch_size
     return int(size[0] if isinstance(size, tuple | list) else size)
 
@@ -152,7 +156,10 @@ def reuse_freed_memory() -> None:
 class Backbone(nn.Module):
     """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p)."""
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module):
+    mean: torch.Tensor  # buffers: ImageNet normalisation
+    std: torch.Tensor
+
+    def __init__(self, spec: BackboneSpec, model: VisionTransformer):
         super().__init__()
         self.spec = spec
         self.model = model
@@ -173,6 +180,11 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True) -> Backbone:
         return super().train(False)  # frozen: dropout and stochastic depth stay off
+
+    @property
+    def runs_fused(self) -> bool:
+        """Whether some input size has run through a fused graph (else all ran eagerly)."""
+        return any(g is not None for g in self._graphs.values())
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
@@ -254,7 +266,9 @@ class _FusedGraph:
         try:
             for module in graph_model.modules():
                 if hasattr(module, "fused_attn"):
-                    module.fused_attn = False  # explicit q k^T, softmax, @ v: the pattern oneDNN fuses
+                    # explicit q k^T, softmax, @ v: the pattern oneDNN fuses. (nn.Module types every
+                    # attribute it does not declare as Tensor | Module, so this plain flag needs the ignore.)
+                    module.fused_attn = False  # type: ignore[assignment]
             torch.jit.enable_onednn_fusion(True)
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -283,7 +297,7 @@ class _FusedGraph:
 
 
 class _FeatureGraph(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VisionTransformer):
         super().__init__()
         self.model = model
 
@@ -319,7 +333,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     return Backbone(spec, model)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: VisionTransformer, path: Path) -> None:
     """Load a local checkpoint into a timm ViT, converting official layouts via timm's filter."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +71,20 @@ class SegUnifyModel(nn.Module):
         """The trained tensors (Compressor and Labeler), without the frozen backbone."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
+    @property
+    def attached_backbone(self) -> Backbone:
+        """The backbone (a model loaded by `load_model` always has one)."""
+        if self.backbone is None:
+            raise RuntimeError("model has no backbone attached")
+        return self.backbone
+
     @torch.inference_mode()
     def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
         """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
-        if self.backbone is None:
-            raise RuntimeError("model has no backbone attached")
         if not flip:
-            return self.compress(self.backbone(rgb))
+            return self.compress(self.attached_backbone(rgb))
         # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
-        feats, mirrored = self.backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
+        feats, mirrored = self.attached_backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
         return (self.compress(feats) + self.compress(mirrored).flip(-1)) / 2.0
 
     def compress(self, features: torch.Tensor) -> torch.Tensor:
@@ -89,7 +95,7 @@ class SegUnifyModel(nn.Module):
             return self.compressor(features)
 
     @torch.inference_mode()
-    def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def log_probs_from_code(self, code: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """(B, K', H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits,
         log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes.
 

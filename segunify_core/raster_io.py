@@ -85,7 +85,7 @@ def choose_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> 
         if not 1 <= b <= ds.count:
             raise SegUnifyError(f"Band {b} is out of range: '{ds.name}' has bands 1..{ds.count}; "
                                 "fix --bands.")
-    return bands * 3 if len(bands) == 1 else bands  # type: ignore[return-value]
+    return (bands[0],) * 3 if len(bands) == 1 else (bands[0], bands[1], bands[2])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +154,11 @@ class RasterReader:
     @property
     def width(self) -> int:
         return self.ds.width
+
+    @property
+    def gsd(self) -> float | None:
+        """Ground sampling distance in metres (None when the CRS does not say)."""
+        return ground_sampling_distance(self.ds)
 
     @property
     def height(self) -> int:

@@ -23,17 +23,9 @@ import torch
 
 from .backbone import Backbone, create_backbone
 from .compressor import DROPOUT_MASKS
-from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, training_images
+from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
 from .errors import SegUnifyError
-from .features import (
-    FeatureCache,
-    WindowReader,
-    build_cache,
-    build_cache_on_cluster,
-    cache_key,
-    default_cache_dir,
-    plan_windows,
-)
+from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 from .legend import cluster_shares
 from .losses import PAIRINGS, energy
 from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
@@ -307,7 +299,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
                                        backbone_weights, config.flip, torch_device.type, cache_progress,
                                        resize=config.resize)
     else:
-        reader = WindowReader(images, windows, config.window, config.bands, config.resize)
+        reader = TrainWindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
                                 device=torch_device, progress=cache_progress)

@@ -14,7 +14,7 @@ import torch
 from segunify_core.errors import SegUnifyError
 from segunify_core.legend import Legend, class_colours, parse_edits, rewrite_model_legend
 from segunify_core.model import ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
-from tests.conftest import make_scene, write_geotiff
+from segunify_core.synthetic import make_scene, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 

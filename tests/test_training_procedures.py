@@ -15,16 +15,16 @@ import torch
 from click.testing import CliRunner
 
 from segunify_core.compressor import Compressor, dropout2d_mask
-from segunify_core.datasets import ArrayImage, potsdam_ids, resize_image
+from segunify_core.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
 from segunify_core.errors import SegUnifyError
 from segunify_core.evaluation import evaluate
-from segunify_core.features import plan_windows
 from segunify_core.labeler import Labeler
 from segunify_core.losses import energy, move_fixed_points, reference_pairing, smoothness
 from segunify_core.model import ModelConfig, SegUnifyModel, load_model
 from segunify_core.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.training import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
-from tests.conftest import REPO, TINY_VIT, make_blobs, write_geotiff
+from tests.conftest import REPO, TINY_VIT
 from tests.test_potsdam import fabricate
 
 
