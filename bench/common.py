@@ -38,7 +38,7 @@ def random_checkpoint(timm_name: str, folder: Path) -> Path:
 
 
 def blob_tile(size: int = 1024, seed: int = 0, cells: int = 40) -> np.ndarray:
-    from tests.conftest import make_blobs
+    from segunify_core.synthetic import make_blobs
 
     return make_blobs(size, size, seed=seed, cells=cells)[0]
 

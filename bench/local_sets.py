@@ -40,12 +40,12 @@ WINDOW = 224
 
 def scene_cache(scene: Path, size: int, backbone, folder: Path, windows: int):
     """Features of `windows` random 224 px windows of the scene and their flips, computed once."""
-    from segunify_core.datasets import training_images
-    from segunify_core.features import WindowReader, build_cache, plan_windows
+    from segunify_core.datasets import TrainWindowReader, plan_windows, training_images
+    from segunify_core.features import build_cache
 
     images = training_images([scene])
     plan = plan_windows([(size, size)], [1.0], WINDOW, windows, seed=0)
-    reader = WindowReader(images, plan, WINDOW, None)
+    reader = TrainWindowReader(images, plan, WINDOW, None)
     try:
         return build_cache(folder, len(plan), reader, WINDOW, backbone, True)
     finally:
@@ -87,7 +87,7 @@ def paired_cost(sets_list: list[int], batch: int, rounds: int = 7, steps: int = 
         trainers = {}
         for m in sets_list:
             config = TrainConfig(classes=3, steps=rounds * steps + 1, batch_size=batch, local_sets=m)
-            trainers[m] = Trainer(SegUnifyModel(ModelConfig(classes=3, feature_width=192, local_sets=m)), cache, config)
+            trainers[m] = Trainer(SegUnifyModel(ModelConfig(classes=3, feature_dim=192, local_sets=m)), cache, config)
             trainers[m].train_step()  # warm-up
         times: dict[int, list[float]] = {m: [] for m in sets_list}
         for _ in range(rounds):
@@ -119,7 +119,7 @@ def main() -> None:
 
 
 def recovery(args, sets_list: list[int]) -> None:
-    from tests.conftest import make_blobs, write_geotiff
+    from segunify_core.synthetic import make_blobs, write_geotiff
 
     results: dict[int, dict[int, list[float]]] = {m: {} for m in sets_list}
     costs: dict[int, list[float]] = {m: [] for m in sets_list}

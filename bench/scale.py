@@ -44,7 +44,7 @@ def _model(tmp: Path):
     weights = random_checkpoint(BACKBONE, tmp)
     backbone = create_backbone(BACKBONE, weights)
     torch.manual_seed(0)
-    model = SegUnifyModel(ModelConfig(backbone=BACKBONE, classes=5, feature_width=backbone.width,
+    model = SegUnifyModel(ModelConfig(backbone=BACKBONE, classes=5, feature_dim=backbone.feature_dim,
                                       patch_size=backbone.patch_size, gsd=0.5), backbone).eval()
     path = tmp / "model.safetensors"
     save_model(model, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import overload
 
 import click
 import torch
@@ -12,13 +13,20 @@ from segunify_core.device import resolve_device
 from segunify_core.model import SegUnifyModel, load_model
 
 
+@overload
+def prepare(model_path: str, backbone: str, backbone_weights: str | None, device_name: str,
+            precision: str, quiet: bool) -> tuple[SegUnifyModel, Backbone, torch.device]: ...
+@overload
+def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
+            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]: ...
 def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
             precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]:
+    """The model (when a model file is given) and its backbone, or a backbone by name, on the device."""
     device = resolve_device(device_name)
     settings = {"precision": choose_precision(precision, device), "fuse": eager_switch()}
     if model_path:
         model = load_model(model_path, backbone_weights=backbone_weights, **settings)
-        bb = model.backbone
+        bb = model.attached_backbone
     else:
         model, bb = None, create_backbone(backbone, backbone_weights, **settings)
     bb.to(device)

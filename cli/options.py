@@ -10,6 +10,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -96,7 +97,9 @@ class Progress:
     """Progress as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
 
     def __init__(self, mode: str):
-        self.mode, self.bars, self.last = mode, {}, {}
+        self.mode = mode
+        self.bars: dict[str, Any] = {}  # tqdm bars by phase
+        self.last: dict[str, int] = {}  # last percentage printed by phase
 
     def __call__(self, phase: str, done: int, total: int, stats: dict | None = None) -> None:
         if self.mode == "json":

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 SEGUNIFY_WITH_QGIS=${SEGUNIFY_WITH_QGIS:-1} ./scripts/setup.sh
 export SEGUNIFY_CACHE=${SEGUNIFY_CACHE:-$(mktemp -d)}
 .venv/bin/ruff check .
+.venv/bin/python -m mypy segunify_core cli
 .venv/bin/python -m pytest -q -ra --ignore=tests/qgis "$@"
 if [ "${SEGUNIFY_WITH_QGIS:-1}" = 1 ]; then
   # QGIS's Python (numpy 1.x) drives the plugin; the plugin's child runs in .venv.

@@ -12,9 +12,10 @@ from xml.sax.saxutils import escape
 
 from .atomic import atomic_path
 from .legend import Legend, write_class_style
-from .outputs import copy_raster, probability_storage, write_preview_png
+from .outputs import copy_raster, probability_storage
 from .parts import part_files
 from .planning import Part, RasterJob
+from .preview import write_preview_png
 from .raster_io import RasterReader
 
 
@@ -56,7 +57,7 @@ def assemble(raster: RasterJob, parts: Sequence[Part], folder: Path, legend: Leg
         ds = reader.ds
         crs = ds.crs.to_wkt() if ds.crs else None
         transform = None if ds.transform.is_identity else ds.transform.to_gdal()
-        outputs = [("labels", Path(raster.output), 1, "uint8", None)]
+        outputs: list[tuple[str, Path, int, str, int | None]] = [("labels", Path(raster.output), 1, "uint8", None)]
         if raster.probabilities:
             dtype, nbits = probability_storage(probabilities_dtype)
             outputs.append(("probabilities", Path(raster.probabilities), legend.n_classes, dtype, nbits))

@@ -14,7 +14,7 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import SegUnifyError, write_failure
@@ -30,17 +30,16 @@ def partial_glob(target: str | os.PathLike) -> str:
 
 def temp_beside(target: Path, suffix: str | None = None, directory: bool = False) -> Path:
     """A fresh temporary file (or folder) beside `target`, named by the module's pattern."""
-    suffix = target.suffix if suffix is None else suffix
-    make: Callable[..., str] = tempfile.mkdtemp if directory else tempfile.mkstemp  # type: ignore[assignment]
+    prefix, suffix = f".{target.stem}.", f"{TEMP_MARK}{target.suffix if suffix is None else suffix}"
     try:
-        made = make(prefix=f".{target.stem}.", suffix=f"{TEMP_MARK}{suffix}", dir=target.parent)
+        if directory:
+            return Path(tempfile.mkdtemp(suffix, prefix, target.parent))
+        handle, made = tempfile.mkstemp(suffix, prefix, target.parent)
     except OSError as exc:
         raise SegUnifyError(f"Cannot write '{target.name}' to the folder '{target.parent}' ({exc.strerror}); "
                             "choose an existing, writable folder.") from None
-    if not directory:
-        os.close(made[0])  # type: ignore[index]
-        return Path(made[1])  # type: ignore[index]
-    return Path(made)  # type: ignore[arg-type]
+    os.close(handle)
+    return Path(made)
 
 
 def _remove(path: Path) -> None:

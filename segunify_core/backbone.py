@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from torch import nn
 from . import settings
 from .errors import SegUnifyError
 from .manifest import file_sha256
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 log = logging.getLogger("segunify")
 
@@ -39,7 +43,7 @@ class BackboneSpec:
     name: str
     timm_name: str
     patch_size: int
-    width: int
+    feature_dim: int  # channels of the patch-token grid
     description: str
 
 
@@ -65,7 +69,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     return BackboneSpec(name, name, _patch_size(model), int(model.num_features), "timm model")
 
 
-def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
+def _create_timm(timm_name: str, pretrained: bool) -> VisionTransformer:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
@@ -81,7 +85,7 @@ def _create_timm(timm_name: str, pretrained: bool) -> nn.Module:
     return model
 
 
-def _patch_size(model: nn.Module) -> int:
+def _patch_size(model: VisionTransformer) -> int:
     size = model.patch_embed.patch_size
     return int(size[0] if isinstance(size, tuple | list) else size)
 
@@ -183,7 +187,10 @@ class Backbone(nn.Module):
     The settings are fixed at construction; `with_settings` gives a backbone with others.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, precision: str = "fp32",
+    mean: torch.Tensor  # buffers: ImageNet normalisation
+    std: torch.Tensor
+
+    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = "fp32",
                  fuse: bool | str = "auto", weights: WeightsFile | None = None):
         super().__init__()
         if precision not in PRECISIONS:
@@ -194,7 +201,7 @@ class Backbone(nn.Module):
         self.model = model
         self._precision, self._fuse, self._weights = precision, fuse, weights
         self.patch_size = _patch_size(model)
-        self.width = int(model.num_features)
+        self.feature_dim = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -226,6 +233,11 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True) -> Backbone:
         return super().train(False)  # frozen: dropout and stochastic depth stay off
+
+    @property
+    def runs_fused(self) -> bool:
+        """Whether some input size has run through a fused graph (else all ran eagerly)."""
+        return any(g is not None for g in self._graphs.values())
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
@@ -259,7 +271,7 @@ class Backbone(nn.Module):
             with self.autocast(x.device):
                 tokens = self.model.forward_features(x)
         grid = tokens[:, self.num_prefix_tokens:, :].float()
-        return grid.transpose(1, 2).reshape(b, self.width, h // p, w // p).contiguous()
+        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
 
     def _fused(self, x: torch.Tensor) -> _FusedGraph | None:
         """The fused graph for this input size and precision (built on first use), or None.
@@ -305,7 +317,9 @@ class _FusedGraph:
         try:
             for module in graph_model.modules():
                 if hasattr(module, "fused_attn"):
-                    module.fused_attn = False  # explicit q k^T, softmax, @ v: the pattern oneDNN fuses
+                    # explicit q k^T, softmax, @ v: the pattern oneDNN fuses. (nn.Module types every
+                    # attribute it does not declare as Tensor | Module, so this plain flag needs the ignore.)
+                    module.fused_attn = False  # type: ignore[assignment]
             with _onednn_fusion(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
                 example = example[:1].to(dtype).expand(FUSED_BATCH, *example.shape[1:]).contiguous()
@@ -333,7 +347,7 @@ class _FusedGraph:
 
 
 class _FeatureGraph(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VisionTransformer):
         super().__init__()
         self.model = model
 
@@ -372,7 +386,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsF
     return Backbone(spec, model, precision, fuse, record)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: VisionTransformer, path: Path) -> None:
     """Load a local checkpoint into a timm ViT, converting official layouts via timm's filter."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +31,17 @@ from .errors import SegUnifyError
 
 CRF_CHOICES = settings.CRF_BACKENDS
 MAX_BILATERAL_WEIGHTS = 1 << 26  # per window: 128 MB in half floats, 256 MB in float32
+
+
+class CRF(Protocol):
+    """What the pipeline needs of a CRF backend (`make_crf` gives one of this module's two)."""
+
+    name: str  # the backend's name, as --crf takes it; recorded in a job's settings
+
+    def __call__(self, images: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in 0..255, log_probs (B, K, H, W) -> probabilities (B, K, H, W)
+        on the device of log_probs."""
+        ...
 
 
 def pydensecrf_available() -> bool:
@@ -182,7 +194,7 @@ def _weight_dtype(device: torch.device) -> torch.dtype:
 
 
 def make_crf(name: str = "auto", params: CRFParams = CRFParams(),
-             workers: int | None = None) -> PyDenseCRF | TorchDenseCRF | None:
+             workers: int | None = None) -> CRF | None:
     """``auto`` prefers pydensecrf when installed, else the torch backend; ``none`` gives None.
     workers: pydensecrf's worker processes (default one per core; 1 runs in this process)."""
     if name == "none":

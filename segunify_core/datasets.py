@@ -1,5 +1,6 @@
 """Image sources for training and evaluation: rasters, the Potsdam (STEGO/IIC) layout, and
-folders of images with label rasters."""
+folders of images with label rasters; and the training windows sampled from the training images
+(where they lie, and reading them at the window size)."""
 
 from __future__ import annotations
 
@@ -122,11 +123,11 @@ def potsdam_image(root: Path, image_id: str) -> np.ndarray:
     return rgb.transpose(2, 0, 1)
 
 
-def potsdam_labels(root: Path, image_id: str, coarse: bool = True) -> np.ndarray:
-    """Labels (H, W) int64, 3 coarse classes with -1 ignored; all -1 when the gt file is absent."""
+def potsdam_labels(root: Path, image_id: str, coarse: bool = True) -> np.ndarray | None:
+    """Labels (H, W) int64, 3 coarse classes with -1 ignored; None when the gt file is absent."""
     path = root / "gt" / f"{image_id}.mat"
     if not path.is_file():
-        return None  # type: ignore[return-value]
+        return None
     fine = _mat(path, "gt").astype(np.int64)
     if fine.ndim == 3:
         fine = fine[..., 0]
@@ -145,7 +146,7 @@ class TrainingImage:
     path: Path
     potsdam_id: str | None = None
 
-    def open(self, bands: Sequence[int] | None):
+    def open(self, bands: Sequence[int] | None) -> ArrayImage | RasterReader:
         if self.potsdam_id is not None:
             return ArrayImage(potsdam_image(self.path, self.potsdam_id), self.potsdam_id)
         return RasterReader.open(self.path, bands)
@@ -184,6 +185,80 @@ def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train"
         raise SegUnifyError(f"No images found in {', '.join(map(str, data))}; pass folders or files "
                             f"of {', '.join(sorted(IMAGE_SUFFIXES))} images.")
     return images
+
+
+# --- training windows: square regions of the training images, resampled to the window size ---
+
+@dataclasses.dataclass(frozen=True)
+class TrainWindow:
+    image: int  # index into the image list
+    col: float
+    row: float
+    size: float  # side of the square region in source pixels, resampled to the window size
+
+
+def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
+                 max_windows: int, seed: int, five_crop: bool = False,
+                 crop_ratio: float = 0.5) -> list[TrainWindow]:
+    """Square regions of the images, resampled to `window` px at training time.
+
+    sizes: (width, height) per image; scales: source pixels per training pixel (GSD matching).
+    Random mode spreads `max_windows` over the images by area (at least one each while the budget
+    lasts) at uniform random positions. Five-crop mode cuts the four corners and the centre at
+    `crop_ratio` of the shorter side. Images smaller than a region are used whole, upsampled;
+    a square image used whole gets one window only (more would be copies of it).
+    """
+    rng = np.random.default_rng(seed)
+    out: list[TrainWindow] = []
+    if five_crop:
+        for i, (w, h) in enumerate(sizes):
+            side = crop_ratio * min(w, h)
+            for col, row in ((0, 0), (w - side, 0), (0, h - side), (w - side, h - side),
+                             ((w - side) / 2, (h - side) / 2)):
+                out.append(TrainWindow(i, col, row, side))
+        if len(out) > max_windows:
+            keep = np.sort(rng.choice(len(out), max_windows, replace=False))
+            out = [out[k] for k in keep]
+        return out
+    regions = [min(window * s, w, h) for (w, h), s in zip(sizes, scales, strict=True)]
+    areas = np.array([w * h / max(r * r, 1.0) for (w, h), r in zip(sizes, regions, strict=True)])
+    whole = np.array([w == h == r for (w, h), r in zip(sizes, regions, strict=True)])
+    areas[whole] = 0.0
+    counts = np.ones(len(sizes), int) if max_windows >= len(sizes) else np.zeros(len(sizes), int)
+    if max_windows < len(sizes):
+        counts[rng.choice(len(sizes), max_windows, replace=False)] = 1
+    remaining = max_windows - counts.sum()
+    if remaining > 0 and areas.sum() > 0:
+        counts += rng.multinomial(remaining, areas / areas.sum())
+    for i, ((w, h), side, n) in enumerate(zip(sizes, regions, counts, strict=True)):
+        for _ in range(n):
+            out.append(TrainWindow(i, float(rng.uniform(0, w - side)), float(rng.uniform(0, h - side)), side))
+    return out
+
+
+class TrainWindowReader:
+    """Reads training windows in order, keeping one image open at a time."""
+
+    def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
+                 bands: Sequence[int] | None, resize: str = "bilinear"):
+        self.images, self.windows, self.window, self.bands = images, windows, window, bands
+        self.resampling = Resampling.nearest if resize == "nearest" else Resampling.bilinear
+        self.current = -1
+        self.source: ArrayImage | RasterReader | None = None
+
+    def __call__(self, k: int) -> np.ndarray:
+        w = self.windows[k]
+        if self.source is None or w.image != self.current:
+            self.close()
+            self.source, self.current = self.images[w.image].open(self.bands), w.image
+        rgb, _ = self.source.read(Window(w.col, w.row, w.size, w.size), out_shape=(self.window, self.window),
+                                  resampling=self.resampling)
+        return rgb
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source, self.current = None, -1
 
 
 @dataclasses.dataclass

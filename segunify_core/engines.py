@@ -12,13 +12,17 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import SegUnifyError
 from .parts import Progress, RunSpec, run_part
 from .planning import Part
+
+if TYPE_CHECKING:
+    from .crf import CRF
+    from .model import SegUnifyModel
 
 Result = tuple[Part, dict[str, str] | None, BaseException | None]
 INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
@@ -96,6 +100,8 @@ def worker_model(spec: RunSpec):
         from .crf import make_crf
         from .model import load_model
 
+        if spec.model_file is None:
+            raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
         device = torch.device(spec.device)
         model = load_model(spec.model_file, backbone_weights=spec.backbone_weights,
                            precision=choose_precision(spec.precision, device))
@@ -127,9 +133,10 @@ def torch_threads_plugin(workers_per_host: dict[str, int]):
     """A Dask WorkerPlugin (made here: Dask is imported only for cluster runs) that sets torch's
     threads on every worker, including workers that join or restart later, and tunes the worker
     process's allocator for the backbone (a worker runs only our tasks)."""
-    distributed = import_distributed()
+    import_distributed()  # the clear message when the extra is missing
+    from distributed import WorkerPlugin
 
-    class TorchThreads(distributed.WorkerPlugin):
+    class TorchThreads(WorkerPlugin):
         name = "segunify-torch-threads"
 
         def setup(self, worker) -> None:
@@ -155,7 +162,7 @@ def _workers_per_host(client) -> dict[str, int]:
 
 # --- driver side -------------------------------------------------------------------------------
 
-def run_in_process(parts: Sequence[Part], spec: RunSpec, model, crf,
+def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, crf: CRF | None,
                    progress: Progress | None = None) -> Iterator[Result]:
     for part in parts:
         try:
@@ -198,10 +205,13 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
         client.cancel(futures)
 
 
-def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model=None, crf=None, job: str = "job",
+def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model: SegUnifyModel | None = None,
+              crf: CRF | None = None, job: str = "job",
               progress: Progress | None = None) -> Iterator[Result]:
     """Run parts in this process (client None) or on the client's cluster; results as they finish."""
     if client is None:
+        if model is None:
+            raise ValueError("running parts in this process needs the model")
         return run_in_process(parts, spec, model, crf, progress)
     return run_on_dask(client, parts, spec, job, progress)
 

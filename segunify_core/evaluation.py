@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from .errors import SegUnifyError
 from .inference import pad_to_patch, predict_labels
 from .metrics import Scores, confusion_matrix, hungarian_scores
 from .model import SegUnifyModel
+
+if TYPE_CHECKING:
+    from .crf import CRF
 
 DEFAULT_RESOLUTION = 224  # SegUnify's Potsdam evaluation resolution (STEGO/HP/PriMaPs use 320)
 POTSDAM_VAL_SPLIT = "val"  # the split --val uses on a Potsdam folder (a fixed subset of labelled_train)
@@ -82,7 +86,7 @@ def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
 
 
 def evaluate(model: SegUnifyModel, data: str | Path, split: str = "test", resolution: int = DEFAULT_RESOLUTION,
-             crf=None, flip: bool = True, batch_size: int = 8, device: str = "cpu",
+             crf: CRF | None = None, flip: bool = True, batch_size: int = 8, device: str = "cpu",
              progress: Callable[[int], None] | None = None) -> tuple[Scores, dict]:
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
@@ -161,7 +165,7 @@ class ValidationData:
                 return sample
 
             keys = [image_key(root, i) for i in ids]
-            description = {"dataset": "potsdam-3", "root": str(root), "split": POTSDAM_VAL_SPLIT}
+            description: dict[str, Any] = {"dataset": "potsdam-3", "root": str(root), "split": POTSDAM_VAL_SPLIT}
             return cls({**description, "resolution": resolution, "images": keys}, load_potsdam, len(ids), 3,
                        frozenset(keys))
         if (data / "images").is_dir() and (data / "labels").is_dir():

@@ -1,4 +1,4 @@
-"""Training windows and their cached backbone features.
+"""The cached backbone features of the training windows.
 
 The backbone is frozen, so the features of the sampled windows (and of their horizontal flips)
 are computed once per run and kept in a memory-mapped float16 file; training steps after the
@@ -18,68 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 from .atomic import atomic_path
 from .backbone import Backbone
-from .datasets import TrainingImage
+from .datasets import TrainingImage, TrainWindow, TrainWindowReader
 from .errors import SegUnifyError
 
 CACHE_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainWindow:
-    image: int  # index into the image list
-    col: float
-    row: float
-    size: float  # side of the square region in source pixels, resampled to the window size
 
 
 def default_cache_dir() -> Path:
     env = os.environ.get("SEGUNIFY_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "segunify"
     return base / "features"
-
-
-def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
-                 max_windows: int, seed: int, five_crop: bool = False,
-                 crop_ratio: float = 0.5) -> list[TrainWindow]:
-    """Square regions of the images, resampled to `window` px at training time.
-
-    sizes: (width, height) per image; scales: source pixels per training pixel (GSD matching).
-    Random mode spreads `max_windows` over the images by area (at least one each while the budget
-    lasts) at uniform random positions. Five-crop mode cuts the four corners and the centre at
-    `crop_ratio` of the shorter side. Images smaller than a region are used whole, upsampled;
-    a square image used whole gets one window only (more would be copies of it).
-    """
-    rng = np.random.default_rng(seed)
-    out: list[TrainWindow] = []
-    if five_crop:
-        for i, (w, h) in enumerate(sizes):
-            side = crop_ratio * min(w, h)
-            for col, row in ((0, 0), (w - side, 0), (0, h - side), (w - side, h - side),
-                             ((w - side) / 2, (h - side) / 2)):
-                out.append(TrainWindow(i, col, row, side))
-        if len(out) > max_windows:
-            keep = np.sort(rng.choice(len(out), max_windows, replace=False))
-            out = [out[k] for k in keep]
-        return out
-    regions = [min(window * s, w, h) for (w, h), s in zip(sizes, scales, strict=True)]
-    areas = np.array([w * h / max(r * r, 1.0) for (w, h), r in zip(sizes, regions, strict=True)])
-    whole = np.array([w == h == r for (w, h), r in zip(sizes, regions, strict=True)])
-    areas[whole] = 0.0
-    counts = np.ones(len(sizes), int) if max_windows >= len(sizes) else np.zeros(len(sizes), int)
-    if max_windows < len(sizes):
-        counts[rng.choice(len(sizes), max_windows, replace=False)] = 1
-    remaining = max_windows - counts.sum()
-    if remaining > 0 and areas.sum() > 0:
-        counts += rng.multinomial(remaining, areas / areas.sum())
-    for i, ((w, h), side, n) in enumerate(zip(sizes, regions, counts, strict=True)):
-        for _ in range(n):
-            out.append(TrainWindow(i, float(rng.uniform(0, w - side)), float(rng.uniform(0, h - side)), side))
-    return out
 
 
 def _file_fingerprint(path: Path) -> list:
@@ -147,7 +98,7 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
     device = device or torch.device("cpu")
     grid = window // backbone.patch_size
     views = 2 if flip else 1
-    shape = shape or (count, views, backbone.width, grid, grid)
+    shape = shape or (count, views, backbone.feature_dim, grid, grid)
     need = math.prod(shape) * 2
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
@@ -166,7 +117,9 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
         for shard in shards or ():
             store[offset:offset + len(shard)] = shard
             offset += len(shard)
-        for start in range(0, count if shards is None else 0, batch_size):
+        for start in range(0, count, batch_size):
+            if read_window is None:  # the features came as shards
+                break
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
             if flip:  # windows and mirrors in one backbone call
@@ -180,30 +133,6 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
         del store
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
     return FeatureCache(folder)
-
-
-class WindowReader:
-    """Reads training windows in order, keeping one image open at a time."""
-
-    def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                 bands: Sequence[int] | None, resize: str = "bilinear"):
-        self.images, self.windows, self.window, self.bands = images, windows, window, bands
-        self.resampling = Resampling.nearest if resize == "nearest" else Resampling.bilinear
-        self.current, self.source = -1, None
-
-    def __call__(self, k: int) -> np.ndarray:
-        w = self.windows[k]
-        if w.image != self.current:
-            self.close()
-            self.source, self.current = self.images[w.image].open(self.bands), w.image
-        rgb, _ = self.source.read(Window(w.col, w.row, w.size, w.size), out_shape=(self.window, self.window),
-                                  resampling=self.resampling)
-        return rgb
-
-    def close(self) -> None:
-        if self.source is not None:
-            self.source.close()
-            self.source, self.current = None, -1
 
 
 # --- the cache computed on a Dask cluster: one atomic shard per part of the windows ------------
@@ -231,7 +160,7 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
     from .manifest import file_sha256
 
     model = _worker_backbone(*backbone)
-    reader = WindowReader(images, windows, window, bands, resize)
+    reader = TrainWindowReader(images, windows, window, bands, resize)
     try:
         with atomic_path(Path(path)) as tmp:
             store = None
@@ -247,8 +176,9 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                 if store is None:
                     store = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(windows), *feats.shape[1:]))
                 store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
-            store.flush()
-            del store
+            if store is not None:  # (no windows: an empty shard)
+                store.flush()
+                del store
     finally:
         reader.close()
     return file_sha256(Path(path))
@@ -290,6 +220,6 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
             progress(done, len(windows))
     shards = [np.load(files[s], mmap_mode="r") for s in starts]
     shape = (len(windows), *shards[0].shape[1:])
-    build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)  # type: ignore[arg-type]
+    build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)
     shutil.rmtree(shards_dir, ignore_errors=True)
     return FeatureCache(folder)

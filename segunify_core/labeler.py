@@ -19,6 +19,9 @@ def cosine_logits(code: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 
 class Labeler(nn.Module):
+    global_prototypes: torch.Tensor  # a buffer (EMA, not trained)
+    extra_local_prototypes: nn.Parameter | None
+
     def __init__(self, code_dim: int, n_clusters: int, local_sets: int = 1):
         super().__init__()
         if local_sets < 1:

@@ -85,7 +85,7 @@ class Legend:
     @classmethod
     def default(cls, n_clusters: int) -> Legend:
         colours = class_colours(n_clusters)
-        return cls(tuple(LegendClass(f"class {i + 1}", tuple(int(v) for v in colours[i]), (i,))
+        return cls(tuple(LegendClass(f"class {i + 1}", (int(colours[i, 0]), int(colours[i, 1]), int(colours[i, 2])), (i,))
                          for i in range(n_clusters)), n_clusters)
 
     @classmethod
@@ -280,10 +280,10 @@ def raster_class_names(raster: str | Path) -> dict[int, str]:
         band = ET.parse(path).getroot().find("PAMRasterBand[@band='1']")
     except ET.ParseError:
         return {}
-    if band is None or band.find("CategoryNames") is None:
+    categories = band.find("CategoryNames") if band is not None else None
+    if categories is None:
         return {}
-    return {value: category.text or "" for value, category in enumerate(band.find("CategoryNames"))
-            if value > 0 and category.text}
+    return {value: category.text for value, category in enumerate(categories) if value > 0 and category.text}
 
 
 def model_class_shares(model: SegUnifyModel) -> list[float | None]:

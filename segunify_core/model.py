@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
 WEIGHTS_KEY = "backbone_weights"  # metadata: {"path", "sha256"} of the local backbone checkpoint
 LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
+# Config keys renamed since files were first written: old key -> current field (read, never written).
+RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
 
 
 @dataclasses.dataclass
@@ -41,7 +44,7 @@ class ModelConfig:
     dropout: float = settings.DROPOUT
     nonlinear: bool = settings.NONLINEAR
     outer_silu: bool = settings.OUTER_SILU
-    feature_width: int = 384
+    feature_dim: int = 384  # backbone channels
     patch_size: int = 8
     bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
     gsd: float | None = None  # ground sampling distance of the training windows, metres
@@ -57,7 +60,7 @@ class SegUnifyModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.compressor = Compressor(config.feature_width, config.code_dim, config.dropout,
+        self.compressor = Compressor(config.feature_dim, config.code_dim, config.dropout,
                                      config.nonlinear, config.outer_silu)
         self.labeler = Labeler(config.code_dim, config.n_clusters, config.local_sets)
         self.metadata: dict[str, Any] = {}
@@ -72,15 +75,20 @@ class SegUnifyModel(nn.Module):
         """The trained tensors (Compressor and Labeler), without the frozen backbone."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
+    @property
+    def attached_backbone(self) -> Backbone:
+        """The backbone (a model loaded by `load_model` always has one)."""
+        if self.backbone is None:
+            raise RuntimeError("model has no backbone attached")
+        return self.backbone
+
     @torch.inference_mode()
     def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
         """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
-        if self.backbone is None:
-            raise RuntimeError("model has no backbone attached")
         if not flip:
-            return self.compress(self.backbone(rgb))
+            return self.compress(self.attached_backbone(rgb))
         # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
-        feats, mirrored = self.backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
+        feats, mirrored = self.attached_backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
         return (self.compress(feats) + self.compress(mirrored).flip(-1)) / 2.0
 
     def compress(self, features: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,7 @@ class SegUnifyModel(nn.Module):
             return self.compressor(features)
 
     @torch.inference_mode()
-    def log_probs_from_code(self, code: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def log_probs_from_code(self, code: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """(B, K', H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits,
         log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes.
 
@@ -208,6 +216,11 @@ def check_weights(path: str | Path, recorded: WeightsFile | None, used: WeightsF
             f"The backbone weights (--backbone-weights) '{used.path}' are not the file model '{path}' was trained "
             f"with (SHA-256 {used.sha256[:12]}… instead of {recorded.sha256[:12]}…); pass that file "
             f"('{recorded.path}') or a copy of it.")
+def model_config(stored: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig of a model file's "config" metadata, older key names included."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    renamed = {RENAMED_CONFIG_KEYS.get(k, k): v for k, v in stored.items()}
+    return ModelConfig(**{k: v for k, v in renamed.items() if k in fields})
 
 
 def load_model(path: str | Path, backbone_weights: str | Path | None = None,
@@ -217,18 +230,17 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
     and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.
     Weights whose SHA-256 differs from the recorded checkpoint's are refused."""
     meta, tensors = read_model_file(path)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    config = model_config(meta["config"])
     recorded = recorded_weights(meta)
     if backbone is None:
         weights = _backbone_weights(Path(path), recorded, backbone_weights, pretrained)
         backbone = create_backbone(config.backbone, weights, pretrained=pretrained, precision=precision, fuse=fuse)
     check_weights(path, recorded, backbone.weights)  # after loading: weights of another shape say so first
-    if backbone.width != config.feature_width or backbone.patch_size != config.patch_size:
+    if backbone.feature_dim != config.feature_dim or backbone.patch_size != config.patch_size:
         raise SegUnifyError(
-            f"Model '{path}' was trained on backbone '{config.backbone}' (width "
-            f"{config.feature_width}, patch {config.patch_size}) but the backbone given has width "
-            f"{backbone.width}, patch {backbone.patch_size}; pass that backbone's weights."
+            f"Model '{path}' was trained on backbone '{config.backbone}' ({config.feature_dim} feature "
+            f"channels, patch {config.patch_size}) but the backbone given has {backbone.feature_dim}, patch "
+            f"{backbone.patch_size}; pass that backbone's weights."
         )
     model = SegUnifyModel(config, backbone)
     try:

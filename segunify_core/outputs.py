@@ -1,6 +1,6 @@
-"""What a segmentation leaves for the user: the GeoTIFF profile of class and probability rasters,
-the preview, the COG conversion and the read-back check (the class legend, its colour table,
-QGIS style and GDAL category names, is `legend.py`'s)."""
+"""Writing output rasters: the GeoTIFF profile of class and probability rasters, how probabilities
+are stored, the COG conversion and the read-back check. (The class legend, its colour table, QGIS
+style and GDAL category names, is `legend.py`'s; the preview PNG is `preview.py`'s.)"""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 from .atomic import atomic_path
-from .inference import write_preview
-from .legend import Legend
-from .raster_io import RasterReader
 
 BLOCK = 512  # tile side of written GeoTIFFs
 
@@ -69,15 +64,3 @@ def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None)
     with atomic_path(dst) as tmp:
         copy(str(src), str(tmp), **options)
         read_back(tmp)
-
-
-def write_preview_png(reader: RasterReader, classes: Path, path: Path, legend: Legend, max_side: int = 1024) -> None:
-    """A PNG of image, classes and overlay, at most `max_side` px on its longer side."""
-    scale = max(1.0, max(reader.width, reader.height) / max_side)
-    shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
-    rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
-                             resampling=Resampling.average)
-    with rasterio.open(classes) as ds:
-        labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-    with atomic_path(path) as tmp:
-        write_preview(tmp, rgb, labels, valid, max_side, legend)

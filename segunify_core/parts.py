@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -31,6 +31,9 @@ from .outputs import creation_options, encode_probabilities, probability_storage
 from .planning import Part
 from .raster_io import RasterReader
 from .windows import TileSource
+
+if TYPE_CHECKING:
+    from .crf import CRF
 
 # GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
 # keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
@@ -129,7 +132,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 @torch.inference_mode()
-def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: Any = None,
+def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = None,
              progress: Progress | None = None) -> dict[str, str]:
     """Compute one part and write its files atomically; returns {file kind: SHA-256}."""
     raster = part.raster
@@ -154,7 +157,7 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: Any = None,
                     probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
                 final = blender.top
                 for i, tile in enumerate(batch):
-                    if i in keep:
+                    if probs is not None and i in keep:
                         j = keep.index(i)
                         mh, mw = source.model_shape(tile)
                         p = probs[j:j + 1, :, :mh, :mw]

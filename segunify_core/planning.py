@@ -35,18 +35,18 @@ class RasterJob:
     probabilities: str | None
     width: int
     height: int
-    window: int  # source px
-    stride: int  # source px
+    src_window: int  # source px: model_window model px resampled at `scale`
+    src_stride: int  # source px
     col_phase: int
     row_phase: int
     scale: float  # source px per model px
-    model_window: int
+    model_window: int  # model px
     patch: int
     bands: tuple[int, ...] | None  # as the user chose them (None: the raster's default choice)
     stats: RasterStats
 
     def window_plan(self) -> WindowPlan:
-        return WindowPlan(self.width, self.height, self.window, self.stride, self.col_phase, self.row_phase)
+        return WindowPlan(self.width, self.height, self.src_window, self.src_stride, self.col_phase, self.row_phase)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +89,8 @@ class Part:
 class Geometry:
     """What planning needs from the model: its window, stride, patch and training GSD."""
 
-    window: int
-    stride: int
+    model_window: int  # model px (the window setting)
+    model_stride: int  # model px
     patch: int
     model_gsd: float | None
     native_resolution: bool = False
@@ -119,10 +119,10 @@ def plan_raster(index: int, input_path: str | Path, output: str | Path, geometry
         if reader.ds.crs is None:
             log.warning("'%s' has no CRS: the output keeps its pixel grid without georeferencing.", input_path)
         scale = choose_scale(reader, geometry.model_gsd, geometry.native_resolution)
-        plan = source_window_plan(reader, geometry.window, geometry.stride, scale, geometry.patch)
+        plan = source_window_plan(reader, geometry.model_window, geometry.model_stride, scale, geometry.patch)
         return RasterJob(index, str(input_path), str(output), str(probabilities) if probabilities else None,
                          reader.width, reader.height, plan.window, plan.stride, plan.col_phase, plan.row_phase,
-                         scale, geometry.window, geometry.patch, tuple(bands) if bands else None,
+                         scale, geometry.model_window, geometry.patch, tuple(bands) if bands else None,
                          reader.stats())
 
 

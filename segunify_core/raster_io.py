@@ -85,7 +85,7 @@ def choose_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> 
         if not 1 <= b <= ds.count:
             raise SegUnifyError(f"Band {b} is out of range: '{ds.name}' has bands 1..{ds.count}; "
                                 "fix the bands (--bands).")
-    return bands * 3 if len(bands) == 1 else bands  # type: ignore[return-value]
+    return (bands[0],) * 3 if len(bands) == 1 else (bands[0], bands[1], bands[2])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +156,13 @@ class RasterReader:
         return self.ds.width
 
     @property
-    def height(self) -> int:
-        return self.ds.height
+    def gsd(self) -> float | None:
+        """Ground sampling distance in metres (None when the CRS does not say)."""
+        return ground_sampling_distance(self.ds)
 
     @property
-    def gsd(self) -> float | None:
-        """Ground sampling distance in metres (None without a projected CRS)."""
-        return ground_sampling_distance(self.ds)
+    def height(self) -> int:
+        return self.ds.height
 
     @property
     def is_8bit(self) -> bool:

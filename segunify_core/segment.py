@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ from .parts import RunSpec, gdal_env, part_files
 from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
 from .raster_io import open_raster
 from .selffit import SelfFitOptions, self_fit
+
+if TYPE_CHECKING:
+    from .crf import CRF
 
 log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"
@@ -152,7 +155,7 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: SegUnifyModel | None,
-            options: SegmentOptions, crf: Any = None, fit: SelfFitOptions | None = None,
+            options: SegmentOptions, crf: CRF | None = None, fit: SelfFitOptions | None = None,
             backbone: Backbone | None = None, backbone_weights: str | Path | None = None,
             client: Any = None, model_file: str | Path | None = None, job_folder: str | Path | None = None,
             keep_going: bool = False, progress: Progress | None = None) -> JobReport:
@@ -165,12 +168,15 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     with `backbone_weights` when given, so they must see the same file system as this process.
     keep_going: a raster that fails is reported in the result instead of stopping the job.
     """
-    inputs, outputs = [Path(p) for p in inputs], [Path(p) for p in outputs]
-    _check_outputs(inputs, outputs, options.overwrite)
-    if model is None and (fit is None or backbone is None):
+    in_paths, out_paths = [Path(p) for p in inputs], [Path(p) for p in outputs]
+    _check_outputs(in_paths, out_paths, options.overwrite)
+    if model is not None:
+        patch = model.config.patch_size
+    elif fit is not None and backbone is not None:
+        patch = backbone.patch_size
+    else:
         raise SegUnifyError("No model given; choose a model file (--model MODEL) or a number of classes to fit "
                             "on the input (--classes K).")
-    patch = model.config.patch_size if model is not None else backbone.patch_size  # type: ignore[union-attr]
     if options.window % patch or options.stride % patch:
         raise SegUnifyError(f"The window ({options.window}, --window) and stride ({options.stride}, --stride) "
                             f"must be multiples of the backbone's patch size {patch}.")
@@ -179,11 +185,11 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
                         options.native_resolution)
     client = as_client(client)
     device = torch.device(options.device)
-    folder = Path(job_folder) if job_folder else default_job_folder(outputs)
+    folder = Path(job_folder) if job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     with gdal_env():
-        parts = _plan_checked(inputs, outputs, geometry, bands, model, options)
+        parts = _plan_checked(in_paths, out_paths, geometry, bands, model, options)
     seconds["plan"] = time.perf_counter() - clock
     what = {"model": _model_digest(model) if model is not None else None,
             "fit": dataclasses.asdict(fit) if model is None and fit else None,
@@ -201,7 +207,8 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     try:
         if model is None:
             clock = time.perf_counter()
-            model = _fitted_model(folder, parts, backbone, fit, device, options, progress, manifest)  # type: ignore[arg-type]
+            assert fit is not None and backbone is not None  # checked on entry; tells the type checker
+            model = _fitted_model(folder, parts, backbone, fit, device, options, progress, manifest)
             seconds["fit"] = time.perf_counter() - clock
         model = model.to(device).eval()
         n = model.n_classes
@@ -211,7 +218,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
         if backbone_weights is None and getattr(model.backbone, "weights", None) is not None:
             backbone_weights = model.backbone.weights.path  # cluster workers load the same checkpoint
         spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
-                       precision, getattr(crf, "name", crf or "none"), backbone_weights=_opt_str(backbone_weights))
+                       precision, crf.name if crf is not None else "none", backbone_weights=_opt_str(backbone_weights))
         if client is not None:
             spec = _with_model_file(spec, model, model_file, folder)
         report = _run_and_assemble(parts, spec, manifest, model, crf, client, options, keep_going, progress)
@@ -264,7 +271,7 @@ def _with_model_file(spec: RunSpec, model: SegUnifyModel, model_file, folder: Pa
     return dataclasses.replace(spec, model_file=str(path.resolve()), model_sha256=file_sha256(path))
 
 
-def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, model: SegUnifyModel, crf,
+def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, model: SegUnifyModel, crf: CRF | None,
                       client, options: SegmentOptions, keep_going: bool, progress: Progress | None) -> JobReport:
     rasters: dict[int, RasterJob] = {}
     by_raster: dict[int, list[Part]] = {}
@@ -310,7 +317,8 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
                 raise exc
             errors.setdefault(index, str(exc))
             continue
-        manifest.record(part.id, hashes)  # type: ignore[arg-type]
+        assert hashes is not None  # a part without an error has its files' hashes
+        manifest.record(part.id, hashes)
         computed.append(part.id)
         waiting[index].discard(part.id)
         if not waiting[index] and index not in errors:
@@ -323,7 +331,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
 
 
 def segment_raster(input_path: str | Path, output_path: str | Path, model: SegUnifyModel | None,
-                   options: SegmentOptions, crf: Any = None, fit: SelfFitOptions | None = None,
+                   options: SegmentOptions, crf: CRF | None = None, fit: SelfFitOptions | None = None,
                    backbone: Backbone | None = None, progress: Progress | None = None, client: Any = None,
                    backbone_weights: str | Path | None = None, model_file: str | Path | None = None) -> SegmentReport:
     """Segment one raster into a class raster on its exact grid; see `segment`. On any error or

@@ -64,7 +64,8 @@ class Tile:
 
 @dataclasses.dataclass(frozen=True)
 class WindowPlan:
-    """Windows of `window` px every `stride` px over a width x height raster."""
+    """Windows of `window` px every `stride` px over a width x height raster, all in the raster's
+    own (source) pixels."""
 
     width: int
     height: int

@@ -24,17 +24,9 @@ import torch
 from . import settings
 from .backbone import Backbone, create_backbone
 from .compressor import DROPOUT_MASKS
-from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, training_images
+from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
 from .errors import SegUnifyError
-from .features import (
-    FeatureCache,
-    WindowReader,
-    build_cache,
-    build_cache_on_cluster,
-    cache_key,
-    default_cache_dir,
-    plan_windows,
-)
+from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 from .legend import cluster_shares
 from .losses import PAIRINGS, energy
 from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
@@ -272,7 +264,7 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
     model_config = ModelConfig(
         backbone=backbone.spec.name, classes=config.classes, extra_clusters=config.extra_clusters,
         code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
-        outer_silu=config.outer_silu, feature_width=backbone.width, patch_size=backbone.patch_size,
+        outer_silu=config.outer_silu, feature_dim=backbone.feature_dim, patch_size=backbone.patch_size,
         bands=config.bands, gsd=gsd, local_sets=config.local_sets)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's generator is left as it was
         torch.manual_seed(config.seed)
@@ -334,7 +326,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
                                        backbone_weights, config.flip, torch_device.type, cache_progress,
                                        resize=config.resize)
     else:
-        reader = WindowReader(images, windows, config.window, config.bands, config.resize)
+        reader = TrainWindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
                                 device=torch_device, progress=cache_progress)

@@ -1,4 +1,5 @@
-"""Shared fixtures: small random-weight backbones, generated scenes, the real sample rasters."""
+"""Shared fixtures: small random-weight backbones, generated scenes (segunify_core.synthetic), the real
+sample rasters."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.transform import from_origin
+
+from segunify_core.synthetic import make_blobs, make_scene, write_geotiff
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = "vit_tiny_patch16_224"  # a timm ViT name: 5.7M parameters, fast on CPU
@@ -37,53 +38,10 @@ def tiny_backbone(tiny_weights):
     return create_backbone(TINY_VIT, tiny_weights)
 
 
-def make_scene(size: int = 448, seed: int = 0, noise: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
-    """An RGB scene (3, H, W) uint8 of three large regions of distinct colour, and its labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((size, size), np.int64)
-    labels[xx > size * 0.45] = 1
-    labels[(yy > size * 0.58) & (xx < size * 0.67)] = 2
-    colours = np.array([[200, 60, 50], [40, 150, 60], [60, 70, 200]], float)
-    img = colours[labels].transpose(2, 0, 1) + rng.normal(0, noise, (3, size, size))
-    return np.clip(img, 0, 255).astype(np.uint8), labels
-
-
-def write_geotiff(path: Path, data: np.ndarray, crs: str | None = "EPSG:32618", gsd: float = 0.5,
-                  offset: tuple[int, int] = (0, 0), **profile) -> Path:
-    """A GeoTIFF in UTM 18N; `offset` (row, col) places it as a crop of a larger raster."""
-    count, h, w = data.shape
-    kwargs = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype.name)
-    if crs:
-        kwargs.update(crs=crs, transform=from_origin(500000 + offset[1] * gsd, 4000000 - offset[0] * gsd, gsd, gsd))
-    kwargs.update(profile)
-    with rasterio.open(path, "w", **kwargs) as ds:
-        ds.write(data)
-    return path
-
-
 @pytest.fixture
 def scene_tif(tmp_path) -> tuple[Path, np.ndarray]:
     img, labels = make_scene()
     return write_geotiff(tmp_path / "scene.tif", img), labels
-
-
-def make_blobs(width: int, height: int, seed: int = 0, cells: int = 24, noise: float = 10.0):
-    """A scene of Voronoi regions, each one of three colours plus noise, and its labels."""
-    rng = np.random.default_rng(seed)
-    points = rng.uniform(0, 1, (cells, 2)) * [height, width]
-    classes = rng.integers(0, 3, cells)
-    yy, xx = np.mgrid[:height, :width]
-    nearest = np.zeros((height, width), np.int64)
-    best = np.full((height, width), np.inf)
-    for i, (py, px) in enumerate(points):
-        d = (yy - py) ** 2 + (xx - px) ** 2
-        closer = d < best
-        nearest[closer], best[closer] = i, d[closer]
-    labels = classes[nearest]
-    colours = np.array([[200, 60, 50], [40, 150, 60], [60, 70, 200]], float)
-    img = colours[labels].transpose(2, 0, 1) + rng.normal(0, noise, (3, height, width))
-    return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
 @pytest.fixture(scope="session")

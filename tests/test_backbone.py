@@ -110,10 +110,10 @@ def test_offline_without_weights_says_how_to_pass_a_file():
 
 
 def test_registry_and_timm_names():
-    assert BACKBONES["dino_vitb8"].width == 768 and BACKBONES["dino_vitb8"].patch_size == 8
+    assert BACKBONES["dino_vitb8"].feature_dim == 768 and BACKBONES["dino_vitb8"].patch_size == 8
     assert BACKBONES["dinov2_vits14"].patch_size == 14
     spec = resolve_backbone("vit_tiny_patch16_224")
-    assert (spec.patch_size, spec.width) == (16, 192)
+    assert (spec.patch_size, spec.feature_dim) == (16, 192)
     with pytest.raises(SegUnifyError, match="Unknown backbone"):
         resolve_backbone("not_a_model")
     with pytest.raises(SegUnifyError, match="not a Vision Transformer"):

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY_VIT, make_scene, write_geotiff
+from segunify_core.synthetic import make_scene, write_geotiff
+from tests.conftest import TINY_VIT
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 

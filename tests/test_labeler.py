@@ -57,7 +57,7 @@ def test_fast_log_probs_equal_the_teacher_logits():
     from segunify_core.model import LOGIT_SCALE, ModelConfig, SegUnifyModel
 
     torch.manual_seed(0)
-    model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=1, code_dim=16, feature_width=32)).eval()
+    model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=1, code_dim=16, feature_dim=32)).eval()
     model.labeler.global_prototypes.copy_(torch.randn(5, 16))
     code = torch.randn(2, 16, 5, 7)
     fast = model.log_probs_from_code(code, (40, 56))

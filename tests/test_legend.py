@@ -14,7 +14,7 @@ import torch
 from segunify_core.errors import SegUnifyError
 from segunify_core.legend import Legend, class_colours, parse_edits, rewrite_model_legend
 from segunify_core.model import ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
-from tests.conftest import make_scene, write_geotiff
+from segunify_core.synthetic import make_scene, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 
@@ -70,7 +70,7 @@ def test_bad_edits_are_one_clear_sentence(kw, message):
 
 def test_merged_model_adds_the_probabilities_of_its_clusters():
     torch.manual_seed(0)
-    model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=2, code_dim=8, feature_width=16)).eval()
+    model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=2, code_dim=8, feature_dim=16)).eval()
     code = torch.randn(2, 8, 3, 4)
     before = model.log_probs_from_code(code, (12, 16))
     model.legend = model.legend.edit({3: "roof"}, {}, [([4, 5], "vegetation")])

@@ -55,7 +55,7 @@ def config(**kw):
 
 def model_for(cfg: TrainConfig) -> SegUnifyModel:
     torch.manual_seed(cfg.seed)
-    return SegUnifyModel(ModelConfig(classes=cfg.classes, code_dim=cfg.code_dim, feature_width=C,
+    return SegUnifyModel(ModelConfig(classes=cfg.classes, code_dim=cfg.code_dim, feature_dim=C,
                                      local_sets=cfg.local_sets))
 
 

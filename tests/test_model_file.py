@@ -7,14 +7,14 @@ import torch
 from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.model import FORMAT_VERSION, ModelConfig, SegUnifyModel, load_model, save_model
+from segunify_core.model import FORMAT_VERSION, ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
 from tests.helpers import exploit_pickle
 
 
 @pytest.fixture
 def saved(tmp_path, tiny_backbone):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=3, extra_clusters=1, feature_width=192, patch_size=16,
+    cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=3, extra_clusters=1, feature_dim=192, patch_size=16,
                       bands=[1, 2, 3], gsd=0.5)
     model = SegUnifyModel(cfg, tiny_backbone)
     with torch.no_grad():
@@ -44,6 +44,18 @@ def test_metadata_is_plain_json(saved):
     meta = json.loads(header["__metadata__"]["segunify"])
     assert meta["format"] == "segunify-model" and meta["format_version"] == FORMAT_VERSION
     assert meta["config"]["backbone"] == "vit_tiny_patch16_224" and meta["config"]["gsd"] == 0.5
+
+
+def test_metadata_names_feature_channels_and_reads_the_old_key(saved, tmp_path, tiny_backbone):
+    """Files write `feature_dim`; files written before the rename (`feature_width`) still load."""
+    model, path = saved
+    meta, tensors = read_model_file(path)
+    assert meta["config"]["feature_dim"] == 192 and "feature_width" not in meta["config"]
+    config = dict(meta["config"])
+    config["feature_width"] = config.pop("feature_dim")
+    old = tmp_path / "old.safetensors"
+    write_safetensors(old, tensors, {**meta, "config": config})
+    assert load_model(old, backbone=tiny_backbone).config == model.config
 
 
 def test_missing(tmp_path):

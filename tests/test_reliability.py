@@ -21,8 +21,9 @@ from rasterio.windows import Window
 
 from segunify_core.errors import SegUnifyError
 from segunify_core.raster_io import RasterReader, choose_bands
+from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.tiling import WindowPlan
-from tests.conftest import TINY_VIT, make_blobs, write_geotiff
+from tests.conftest import TINY_VIT
 from tests.helpers import exploit_pickle
 
 CLI = [sys.executable, "-m", "segunify_cli"]

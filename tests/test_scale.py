@@ -20,7 +20,8 @@ from segunify_core.model import load_model
 from segunify_core.parts import RunSpec, run_part
 from segunify_core.planning import Geometry, parts_from_json, parts_to_json, plan
 from segunify_core.segment import SegmentOptions, segment, segment_raster
-from tests.conftest import TINY_VIT, make_blobs, write_geotiff
+from segunify_core.synthetic import make_blobs, write_geotiff
+from tests.conftest import TINY_VIT
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 distributed = pytest.importorskip("distributed", reason="the distributed extra is not installed: "

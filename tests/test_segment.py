@@ -14,8 +14,8 @@ import rasterio
 
 from segunify_core.model import load_model
 from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.tiling import WindowPlan
-from tests.conftest import make_blobs, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 SAMPLES = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/RGBA.byte.tif", "rasterio/world.rgb.tif",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segunify_core.features import plan_windows
+from segunify_core.datasets import plan_windows
 from segunify_core.model import load_model
 from segunify_core.training import TrainConfig, learning_rate, state_path, train
 
@@ -15,7 +15,7 @@ class CountingBackbone(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
         self.inner, self.calls = inner, 0
-        self.spec, self.patch_size, self.width, self.precision = inner.spec, inner.patch_size, inner.width, "fp32"
+        self.spec, self.patch_size, self.feature_dim, self.precision = inner.spec, inner.patch_size, inner.feature_dim, "fp32"
         self.weights = inner.weights
 
     def forward(self, x):
@@ -96,7 +96,7 @@ def test_gsd_is_recorded(scene_tif, tiny_backbone, tmp_path):
 def test_training_on_png_and_jpeg(tmp_path, tiny_backbone):
     from PIL import Image
 
-    from tests.conftest import make_scene
+    from segunify_core.synthetic import make_scene
 
     img, _ = make_scene(160)
     Image.fromarray(img.transpose(1, 2, 0)).save(tmp_path / "a.png")

@@ -15,16 +15,16 @@ import torch
 from click.testing import CliRunner
 
 from segunify_core.compressor import Compressor, dropout2d_mask
-from segunify_core.datasets import ArrayImage, potsdam_ids, resize_image
+from segunify_core.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
 from segunify_core.errors import SegUnifyError
 from segunify_core.evaluation import evaluate
-from segunify_core.features import plan_windows
 from segunify_core.labeler import Labeler
 from segunify_core.losses import energy, move_fixed_points, reference_pairing, smoothness
 from segunify_core.model import ModelConfig, SegUnifyModel, load_model
 from segunify_core.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.training import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
-from tests.conftest import REPO, TINY_VIT, make_blobs, write_geotiff
+from tests.conftest import REPO, TINY_VIT
 from tests.test_potsdam import fabricate
 
 
@@ -48,7 +48,7 @@ class MemoryCache:
 def small_trainer(**kw) -> Trainer:
     config = TrainConfig(**{"classes": 3, "code_dim": 8, "batch_size": 2, "steps": 10, "seed": 1, **kw})
     torch.manual_seed(config.seed)
-    model = SegUnifyModel(ModelConfig(classes=3, code_dim=8, feature_width=16, dropout=config.dropout))
+    model = SegUnifyModel(ModelConfig(classes=3, code_dim=8, feature_dim=16, dropout=config.dropout))
     return Trainer(model, MemoryCache(), config)
 
 
