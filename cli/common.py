@@ -23,12 +23,12 @@ def prepare(model_path: str | None, backbone: str, backbone_weights: str | None,
             precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]:
     """The model (when a model file is given) and its backbone, or a backbone by name, on the device."""
     device = resolve_device(device_name)
-    settings = {"precision": choose_precision(precision, device), "fuse": eager_switch()}
+    chosen, fuse = choose_precision(precision, device), eager_switch()
     if model_path:
-        model = load_model(model_path, backbone_weights=backbone_weights, **settings)
+        model = load_model(model_path, backbone_weights=backbone_weights, precision=chosen, fuse=fuse)
         bb = model.attached_backbone
     else:
-        model, bb = None, create_backbone(backbone, backbone_weights, **settings)
+        model, bb = None, create_backbone(backbone, backbone_weights, precision=chosen, fuse=fuse)
     bb.to(device)
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

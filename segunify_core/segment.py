@@ -215,8 +215,9 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
         if n > 255:
             raise SegUnifyError(f"The model has {n} classes; a uint8 class raster holds at most 255.")
         precision = getattr(model.backbone, "precision", "fp32")
-        if backbone_weights is None and getattr(model.backbone, "weights", None) is not None:
-            backbone_weights = model.backbone.weights.path  # cluster workers load the same checkpoint
+        recorded = getattr(model.backbone, "weights", None)
+        if backbone_weights is None and recorded is not None:
+            backbone_weights = recorded.path  # cluster workers load the same checkpoint
         spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
                        precision, crf.name if crf is not None else "none", backbone_weights=_opt_str(backbone_weights))
         if client is not None:
