@@ -196,7 +196,7 @@ def test_models_without_a_recorded_file_behave_as_before(tmp_path):
     from segunify_core.model import read_model_file
 
     backbone = create_backbone("vit_tiny_patch16_224", pretrained=False)
-    cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=2, feature_width=192, patch_size=16)
+    cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=2, feature_dim=192, patch_size=16)
     path = tmp_path / "hub.safetensors"
     save_model(SegUnifyModel(cfg, backbone), path)
     assert "backbone_weights" not in read_model_file(path)[0]
