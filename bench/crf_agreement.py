@@ -22,9 +22,9 @@ from common import REPO, random_checkpoint, report
 
 from segunify_core.backbone import choose_precision, create_backbone
 from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
+from segunify_core.planning import Geometry, plan_raster
 from segunify_core.raster_io import RasterReader
 from segunify_core.selffit import SelfFitOptions, self_fit
-from segunify_core.tiling import WindowPlan
 from segunify_core.windows import TileSource
 
 RASTERS = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/world.rgb.tif", "rasterio/shade.tif",
@@ -44,12 +44,14 @@ def main() -> None:
         ref, fast = PyDenseCRF(), TorchDenseCRF(stride=int(os.environ.get("CRF_STRIDE", 16)))
         totals = []
         for name in RASTERS:
-            reader = RasterReader.open(Path(args.samples) / name)
-            plan = WindowPlan(reader.width, reader.height, 320, 256)
-            source = TileSource(reader, plan, 320, 1.0, 8)
-            model, _, _, folder = self_fit(reader, plan, source, backbone,
-                                           SelfFitOptions(classes=5, steps=100, max_windows=8, cache_dir=tmp),
-                                           torch.device("cpu"), None)
+            # native resolution: 320 source px windows, as the figures in the README were measured
+            job = plan_raster(0, Path(args.samples) / name, Path(tmp) / "unused.tif",
+                              Geometry(320, 256, backbone.patch_size, None, native_resolution=True), None)
+            model = self_fit([job], backbone, SelfFitOptions(classes=5, steps=100, max_windows=8,
+                                                             cache_dir=tmp), torch.device("cpu"))
+            reader = RasterReader.open(job.input, job.bands, job.stats)
+            plan = job.window_plan()
+            source = TileSource(reader, plan, job.model_window, job.scale, job.patch)
             tiles = [t for t in plan.tiles()]
             picks = np.random.default_rng(0).choice(len(tiles), min(args.windows, len(tiles)), replace=False)
             agree, changed_ref, changed_fast, t_ref, t_fast = [], [], [], 0.0, 0.0
@@ -68,9 +70,6 @@ def main() -> None:
                 changed_ref.append((a != none).float().mean().item())
                 changed_fast.append((b != none).float().mean().item())
             reader.close()
-            import shutil
-
-            shutil.rmtree(folder, ignore_errors=True)
             n = len(picks)
             totals.append(np.mean(agree))
             report(f"crf_agreement_{Path(name).stem}", float(np.mean(agree)), "fraction of pixels",

@@ -162,7 +162,7 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     del trainer_backbone
 
     model = load_model(model_path, backbone_weights=weights, precision=precision)
-    backbone = model.backbone
+    backbone = model.attached_backbone
     with rasterio.open(src) as ds:
         windows = len(WindowPlan(side, side, 320, 256, *grid_phase(ds.transform)))
     x = torch.rand(batch, 3, 320, 320) * 255

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from segunify_core import settings
 from segunify_core.crf import make_crf
 from segunify_core.evaluation import evaluate
 
@@ -21,12 +22,14 @@ from .options import (
 @click.command("evaluate")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("--split", default="test", show_default=True,
+@click.option("--split", default=settings.EVAL_SPLIT, show_default=True,
               help="Potsdam split: test (labelled_test.txt), val (the validation subset of labelled_train that "
                    "`train --val` uses), train, unlabelled_train, all_train, all.")
-@click.option("--resolution", type=click.Choice(["224", "320"]), default="224", show_default=True,
+@click.option("--resolution", type=click.Choice([str(r) for r in settings.EVAL_RESOLUTIONS]),
+              default=str(settings.EVAL_RESOLUTION), show_default=True,
               help="Potsdam evaluation resolution (resize shorter side, centre crop).")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=settings.EVAL_BATCH_SIZE, show_default=True,
+              help="Images per backbone call.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @run_options
 @click.pass_context

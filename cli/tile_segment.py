@@ -39,8 +39,10 @@ F = SelfFitOptions(classes=0)
               help="Self-fit: prototypes beyond K.")
 @click.option("--local-sets", default=F.local_sets, show_default=True, type=click.IntRange(min=1),
               help="Self-fit: local prototype sets learning against the one global set.")
-@click.option("--fit-steps", default=F.steps, show_default=True, help="Self-fit: training steps.")
-@click.option("--fit-windows", default=F.max_windows, show_default=True, help="Self-fit: windows sampled from the input.")
+@click.option("--fit-steps", default=F.steps, show_default=True, type=click.IntRange(min=settings.MIN_STEPS),
+              help="Self-fit: training steps.")
+@click.option("--fit-windows", default=F.max_windows, show_default=True,
+              type=click.IntRange(min=settings.MIN_FIT_WINDOWS), help="Self-fit: windows sampled from the input.")
 @click.option("--shift-intra", default=F.shift_intra, show_default=True, help="Self-fit: closeness shift b1.")
 @click.option("--shift-inter", default=F.shift_inter, show_default=True, help="Self-fit: cross-image shift b2.")
 @click.option("--seed", default=F.seed, show_default=True, type=click.IntRange(min=0), help="Self-fit: random seed.")

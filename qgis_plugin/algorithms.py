@@ -35,6 +35,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from . import installer, runner
+from .child import Cancelled
 from .compat import FILE_FOLDER, FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, VECTOR_POLYGON
 from .core_settings import settings
 
@@ -129,7 +130,7 @@ class _Base(QgsProcessingAlgorithm):
     def _run(self, args, feedback, phases=None, outputs=None):
         try:
             return runner.run_cli(args, feedback, phases, outputs)
-        except runner.Cancelled:
+        except Cancelled:
             raise QgsProcessingException("Cancelled; no output was written.") from None
         except (runner.EnvironmentMissing, runner.ChildFailed) as exc:
             raise QgsProcessingException(str(exc)) from None
@@ -166,7 +167,8 @@ class SegmentAlgorithm(_Base):
             "colours set with 'Name and merge classes' label the layer). Empty: "
             "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
             f"Number of classes: for self-fit only ({settings.MAP_CLASSES} to start; name and merge them later).\n"
-            "Window size / Stride: tile size and step in pixels; windows overlap by window - stride and are "
+            "Window size / Stride: tile size and step in model pixels (the raster resampled to the model's ground "
+            "resolution, or its own pixels with Keep native resolution); windows overlap by window - stride and are "
             "blended without seams.\nCRF refinement: refines class edges along image edges (auto uses pydensecrf "
             "if installed).\nFlip averaging: also looks at each window mirrored (better, twice the time).\n"
             f"Class raster: the output GeoTIFF; empty writes <input name>{OUTPUT_SUFFIX}.tif beside the input.\n"
@@ -185,9 +187,9 @@ class SegmentAlgorithm(_Base):
         self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)", NUMBER_INTEGER,
                                                        settings.MAP_CLASSES, minValue=settings.MIN_CLASSES,
                                                        maxValue=settings.MAX_CLASSES))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (px)", NUMBER_INTEGER, settings.WINDOW,
+        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (model px)", NUMBER_INTEGER, settings.WINDOW,
                                                        minValue=settings.MIN_WINDOW, maxValue=settings.MAX_WINDOW))
-        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", NUMBER_INTEGER, settings.STRIDE,
+        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (model px)", NUMBER_INTEGER, settings.STRIDE,
                                                        minValue=settings.MIN_STRIDE, maxValue=settings.MAX_STRIDE))
         self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=list(settings.CRF_BACKENDS),
                                                      defaultValue=settings.CRF_BACKENDS.index(settings.CRF)))
@@ -531,7 +533,7 @@ class InstallEnvironmentAlgorithm(_Base):
                 wheels=self.parameterAsFile(parameters, "WHEELS", context),
                 torch_choice=self.parameterAsString(parameters, "TORCH_SOURCE", context),
                 base_python=self.parameterAsFile(parameters, "PYTHON", context), extra_env=_qgis_proxy()).run()
-        except runner.Cancelled:
+        except Cancelled:
             raise QgsProcessingException("Cancelled; the unfinished environment was removed.") from None
         except (installer.InstallError, runner.EnvironmentMissing) as exc:
             raise QgsProcessingException(str(exc)) from None

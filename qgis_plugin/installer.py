@@ -16,17 +16,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
-from .runner import PARTIAL_MARK, Cancelled, child_environment, installed_version, partial_glob, plugin_version
+from .child import OUT, Child
+from .runner import PARTIAL_MARK, child_environment, installed_version, partial_glob, plugin_version
 
 # Where torch comes from: one setting, read by the algorithm (TORCH_SOURCE), the environment
 # variable below and scripts/build_offline_bundle.py (--torch-source).
@@ -248,35 +246,16 @@ class Installer:
         fb = self.feedback
         fb.pushCommandInfo(" ".join(f'"{a}"' if " " in a else a for a in argv))
         fb.setProgress(start)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if echo else subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                                env=self.env, start_new_session=sys.platform != "win32", bufsize=1)
-        lines: queue.Queue = queue.Queue()
-        streams = [proc.stdout] + ([] if echo else [proc.stderr])
-        for stream in streams:
-            threading.Thread(target=_pump, args=(stream, lines), daemon=True).start()
-        out, err, open_streams, progress = [], [], len(streams), PipProgress(start, end) if pip else None
-        try:
-            while open_streams:
-                if fb.isCanceled():
-                    raise Cancelled
-                try:
-                    stream, line = lines.get(timeout=0.2)
-                except queue.Empty:
-                    if progress:
-                        fb.setProgress(progress.tick())
-                    continue
-                if line is None:
-                    open_streams -= 1
-                    continue
-                (out if stream is proc.stdout else err).append(line)
+        out, err, progress = [], [], PipProgress(start, end) if pip else None
+        with Child(argv, self.env, merge_stderr=echo, own_group=True) as child:
+            idle = (lambda: fb.setProgress(progress.tick())) if progress else None
+            for tag, line in child.lines(fb.isCanceled, poll=0.2, on_idle=idle):
+                (out if tag == OUT else err).append(line)
                 if echo and line.strip():
                     fb.pushConsoleInfo(line)
                 if progress:
                     fb.setProgress(progress.line(line))
-            code = proc.wait()
-        finally:
-            _kill(proc)
+            code = child.close()
         if code != 0:
             tail = "\n".join((err or out)[-15:])
             if not echo and tail:
@@ -307,28 +286,6 @@ class PipProgress:
         if self.value >= self.start + self.span * 0.6:  # unpacking: no output for minutes with torch
             self.value += (self.start + self.span * 0.98 - self.value) * 0.01
         return self.value
-
-
-def _pump(stream, out: queue.Queue) -> None:
-    for line in iter(stream.readline, ""):
-        out.put((stream, line.rstrip("\n")))
-    out.put((stream, None))
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """Stop the child and everything it started (pip's build steps)."""
-    if proc.poll() is None:
-        try:
-            if sys.platform == "win32":
-                proc.kill()
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
 
 
 def _retarget_scripts(tmp: Path, target: Path) -> None:

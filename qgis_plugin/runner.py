@@ -11,11 +11,10 @@ from __future__ import annotations
 import glob
 import json
 import os
-import queue
 import shutil
 import subprocess
-import threading
-import time
+
+from .child import ERR, Cancelled, Child
 
 SETTING_PYTHON = "SEGUNIFY_PYTHON"
 ENV_PYTHON = "SEGUNIFY_PYTHON"
@@ -33,19 +32,12 @@ UPGRADE_HINT = ("run Install environment with Mode 'Upgrade SegUnify' (Processin
                 "environment, MODE=1)")
 
 
-last_child_pid: int | None = None  # the most recent child's pid (tests check that it is gone)
-
-
 class EnvironmentMissing(Exception):
     """No usable SegUnify environment; the message says how to fix it."""
 
 
 class ChildFailed(Exception):
     """The child exited with an error; the message is its one-line explanation."""
-
-
-class Cancelled(Exception):
-    pass
 
 
 def configured_python() -> str:
@@ -131,12 +123,6 @@ def probe() -> dict:
     return report
 
 
-def _pump(stream, tag: str, out: queue.Queue) -> None:
-    for line in iter(stream.readline, ""):
-        out.put((tag, line.rstrip("\n")))
-    out.put((tag, None))
-
-
 def partial_glob(target: str | os.PathLike) -> str:
     """Glob pattern of the temporary names an unfinished write of `target` can leave."""
     folder, name = os.path.split(os.fspath(target))
@@ -165,70 +151,36 @@ def run_cli(args: list[str], feedback, phases: dict[str, tuple[float, float]] | 
     command, origin = find_command()
     argv = command + ["--progress", "json"] + [str(a) for a in args]
     feedback.pushCommandInfo(" ".join(argv))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, encoding="utf-8", errors="replace", env=child_environment(), bufsize=1)
-    global last_child_pid
-    last_child_pid = proc.pid
-    lines: queue.Queue = queue.Queue()
-    for stream, tag in ((proc.stdout, "out"), (proc.stderr, "err")):
-        threading.Thread(target=_pump, args=(stream, tag, lines), daemon=True).start()
-    events, error, open_streams = [], None, 2
-    phases = phases or {}
-    try:
-        while open_streams:
-            if feedback.isCanceled():
-                raise Cancelled
-            try:
-                tag, line = lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if line is None:
-                open_streams -= 1
-                continue
-            if tag == "err":
-                if line.strip() and not line.startswith("Error: "):
-                    feedback.pushConsoleInfo(line)
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                feedback.pushConsoleInfo(line)
-                continue
-            events.append(event)
-            if event.get("type") == "progress":
-                start, end = phases.get(event.get("phase"), (0.0, 100.0))
-                feedback.setProgressText(event.get("phase", ""))
-                feedback.setProgress(start + (end - start) * event.get("percent", 0) / 100.0)
-            elif event.get("type") == "error":
-                error = event.get("message")
-        code = proc.wait()
-    except Cancelled:
-        proc.terminate()
+    events, error, phases = [], None, phases or {}
+    with Child(argv, child_environment()) as child:
+        feedback.pushInfo(f"SegUnify runs as process {child.pid}.")  # whom to look for if QGIS is killed
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        remove_partials(outputs or [])
-        raise
-    finally:
-        proc.stdout.close()
-        proc.stderr.close()
+            for tag, line in child.lines(feedback.isCanceled):
+                if tag == ERR:
+                    if line.strip() and not line.startswith("Error: "):  # the error comes as a JSON event
+                        feedback.pushConsoleInfo(line)
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    feedback.pushConsoleInfo(line)
+                    continue
+                events.append(event)
+                if event.get("type") == "progress":
+                    start, end = phases.get(event.get("phase"), (0.0, 100.0))
+                    feedback.setProgressText(event.get("phase", ""))
+                    feedback.setProgress(start + (end - start) * event.get("percent", 0) / 100.0)
+                elif event.get("type") == "error":
+                    error = event.get("message")
+        except Cancelled:
+            child.stop(grace=10.0)
+            child.close()
+            remove_partials(outputs or [])
+            raise
+        code = child.close()
     if code == -9 or code == 137:
         raise ChildFailed("The SegUnify process was killed (exit -9), most likely out of memory; lower the batch "
                           "size or the window size, or close other programs.")
     if code != 0:
         raise ChildFailed(error or f"SegUnify exited with code {code} ({origin}); see the log above.")
     return events
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once process `pid` no longer exists (used by tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False

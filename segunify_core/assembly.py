@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from . import settings
 from .atomic import atomic_path
 from .legend import Legend, write_class_style
 from .outputs import copy_raster, probability_storage
@@ -50,7 +51,7 @@ def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, b
 
 
 def assemble(raster: RasterJob, parts: Sequence[Part], folder: Path, legend: Legend, cog: bool = False,
-             probabilities_dtype: str = "float16", preview: str | Path | None = None) -> None:
+             probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0], preview: str | Path | None = None) -> None:
     """Build the raster's outputs from its recorded parts: class raster (+ its legend: QML and GDAL
     category names), probabilities, preview."""
     with RasterReader.open(raster.input, raster.bands, raster.stats) as reader:

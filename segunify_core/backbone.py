@@ -34,7 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FUSED_BATCH = 8  # windows per fused-graph call (flip averaging of the default batch of 4)
 FUSED_WARMUP_RUNS = 3  # TorchScript profiles the first runs before it runs the fused graph
-PRECISIONS = ("fp32", "bf16", "fp16")
+RUN_PRECISIONS = ("fp32", "bf16", "fp16")  # what settings.PRECISIONS resolve to; fp16 only on GPUs without bf16
 FUSE_CHOICES = ("auto", True, False)
 
 
@@ -62,8 +62,8 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if not timm.is_model(base):
         known = ", ".join(BACKBONES)
         raise SegUnifyError(
-            f"Unknown backbone '{name}': use one of {known} or a timm ViT model name "
-            "(see `segunify backbones`)."
+            f"Unknown backbone '{name}': choose one of {known} or a timm ViT model name "
+            "(--backbone; `segunify backbones` lists them)."
         )
     model = _create_timm(name, pretrained=False)
     return BackboneSpec(name, name, _patch_size(model), int(model.num_features), "timm model")
@@ -80,7 +80,7 @@ def _create_timm(timm_name: str, pretrained: bool) -> VisionTransformer:
     if not isinstance(model, VisionTransformer):
         raise SegUnifyError(
             f"Backbone '{timm_name}' is not a Vision Transformer; choose a timm ViT model "
-            "(names starting with vit_)."
+            "(--backbone, names starting with vit_)."
         )
     return model
 
@@ -169,7 +169,8 @@ def reuse_freed_memory() -> None:
 @contextlib.contextmanager
 def _onednn_fusion() -> Iterator[None]:
     """oneDNN fusion on for the enclosed tracing/runs only: TorchScript reads this process-wide
-    flag whenever it (re)optimises a graph, so it is set around ours and then restored."""
+    flag whenever it (re)optimises a graph, so it is set around ours and then restored. Not for
+    concurrent threads: a process runs one backbone call at a time (one part per Dask worker process)."""
     before = torch.jit.onednn_fusion_enabled()
     torch.jit.enable_onednn_fusion(True)
     try:
@@ -193,8 +194,9 @@ class Backbone(nn.Module):
     def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = "fp32",
                  fuse: bool | str = "auto", weights: WeightsFile | None = None):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)} (--precision).")
+        if precision not in RUN_PRECISIONS:
+            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(RUN_PRECISIONS)} "
+                                "(choose_precision turns the precision setting, --precision, into one of them).")
         if fuse not in FUSE_CHOICES:
             raise ValueError(f"fuse must be one of {FUSE_CHOICES}, not {fuse!r}")
         self.spec = spec
@@ -397,15 +399,15 @@ def load_weights(model: VisionTransformer, path: Path) -> None:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:200]
         raise SegUnifyError(
-            f"Backbone weights '{path}' do not fit this backbone ({first}); pass the checkpoint of "
-            "the chosen backbone (--backbone)."
+            f"Backbone weights '{path}' do not fit this backbone ({first}); choose the weights file "
+            "(--backbone-weights) of the chosen backbone (--backbone)."
         ) from None
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise SegUnifyError(
-            f"Backbone weights '{path}' do not fit this backbone ({detail}); pass the checkpoint of "
-            "the chosen backbone (--backbone)."
+            f"Backbone weights '{path}' do not fit this backbone ({detail}); choose the weights file "
+            "(--backbone-weights) of the chosen backbone (--backbone)."
         )
 
 
@@ -437,11 +439,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
-    """fp32 or bf16. auto: bf16 on CUDA GPUs that support it and on CPUs with native bfloat16."""
-    if requested in ("fp32", "bf16", "fp16"):
-        return requested
+    """The precision to run (one of RUN_PRECISIONS) for the precision setting. auto: bf16 on CUDA GPUs
+    that support it (fp16 on older ones) and on CPUs with native bfloat16, else fp32."""
+    if requested not in settings.PRECISIONS:
+        raise SegUnifyError(f"Unknown precision '{requested}'; use one of {', '.join(settings.PRECISIONS)} "
+                            "(--precision).")
     if requested != "auto":
-        raise SegUnifyError(f"Unknown precision '{requested}'; use auto, fp32 or bf16.")
+        return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"

@@ -193,7 +193,7 @@ def _weight_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-def make_crf(name: str = "auto", params: CRFParams = CRFParams(),
+def make_crf(name: str = settings.CRF, params: CRFParams = CRFParams(),
              workers: int | None = None) -> CRF | None:
     """``auto`` prefers pydensecrf when installed, else the torch backend; ``none`` gives None.
     workers: pydensecrf's worker processes (default one per core; 1 runs in this process)."""
@@ -203,4 +203,4 @@ def make_crf(name: str = "auto", params: CRFParams = CRFParams(),
         return PyDenseCRF(params, workers)
     if name in ("torch", "auto"):
         return TorchDenseCRF(params)
-    raise SegUnifyError(f"Unknown CRF backend '{name}'; use one of {', '.join(CRF_CHOICES)}.")
+    raise SegUnifyError(f"Unknown CRF backend '{name}'; use one of {', '.join(CRF_CHOICES)} (--crf).")

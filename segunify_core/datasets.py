@@ -31,7 +31,8 @@ POTSDAM_TRAIN_SPLITS = ("train", "unlabelled_train", "all_train")  # what traini
 POTSDAM_VAL_STRIDE = 20
 # How training windows are resampled to the window size: "nearest" is the reference's Potsdam
 # preprocessing (PIL nearest, pixel centres), "bilinear" is antialiased bilinear.
-RESIZE_MODES = ("bilinear", "nearest")
+RESIZE_MODES = ("bilinear", "nearest")  # the first is the default
+CROP_RATIO = 0.5  # five-crop regions: this share of the shorter side
 # ISPRS six classes -> three: roads+cars, buildings+clutter, low vegetation+trees; 255 ignored.
 POTSDAM_FINE_TO_COARSE = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
 POTSDAM_CLASS_NAMES = ("roads and cars", "buildings and clutter", "vegetation and trees")
@@ -102,7 +103,7 @@ def potsdam_root(path: str | Path) -> Path | None:
 
 def potsdam_ids(root: Path, split: str) -> list[str]:
     if split not in POTSDAM_SPLITS:
-        raise SegUnifyError(f"Unknown Potsdam split '{split}'; use one of {', '.join(POTSDAM_SPLITS)}.")
+        raise SegUnifyError(f"Unknown Potsdam split '{split}'; use one of {', '.join(POTSDAM_SPLITS)} (--split).")
     ids: list[str] = []
     for name in POTSDAM_SPLITS[split]:
         path = root / name
@@ -199,7 +200,7 @@ class TrainWindow:
 
 def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
                  max_windows: int, seed: int, five_crop: bool = False,
-                 crop_ratio: float = 0.5) -> list[TrainWindow]:
+                 crop_ratio: float = CROP_RATIO) -> list[TrainWindow]:
     """Square regions of the images, resampled to `window` px at training time.
 
     sizes: (width, height) per image; scales: source pixels per training pixel (GSD matching).
@@ -240,7 +241,7 @@ class TrainWindowReader:
     """Reads training windows in order, keeping one image open at a time."""
 
     def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                 bands: Sequence[int] | None, resize: str = "bilinear"):
+                 bands: Sequence[int] | None, resize: str = RESIZE_MODES[0]):
         self.images, self.windows, self.window, self.bands = images, windows, window, bands
         self.resampling = Resampling.nearest if resize == "nearest" else Resampling.bilinear
         self.current = -1

@@ -16,6 +16,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SegUnifyError("The GPU (--device cuda) was asked for but PyTorch sees no CUDA GPU; use the CPU "
                             "(--device cpu) or install a CUDA build of PyTorch.")
-    if name not in ("cpu", "cuda"):
-        raise SegUnifyError(f"Unknown device '{name}'; use auto, cpu or cuda (--device).")
+    if name not in DEVICE_CHOICES:
+        raise SegUnifyError(f"Unknown device '{name}'; use one of {', '.join(DEVICE_CHOICES)} (--device).")
     return torch.device(name)

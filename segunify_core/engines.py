@@ -8,6 +8,7 @@ only when a cluster is asked for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -60,7 +61,7 @@ def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_
         local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                          dashboard_address=None, death_timeout=WORKER_TIMEOUT_S,
                                          silence_logs=logging.ERROR)
-        return distributed.Client(local, timeout=WORKER_TIMEOUT_S)  # its LocalCluster closes with it
+        return distributed.Client(local, timeout=WORKER_TIMEOUT_S)  # close_client closes the LocalCluster too
     try:
         if scheduler_file:
             return distributed.Client(scheduler_file=scheduler_file, timeout=WORKER_TIMEOUT_S)
@@ -89,26 +90,26 @@ def as_client(client: Any):
 
 # --- worker side -------------------------------------------------------------------------------
 
-_WORKER_MODELS: dict[tuple, Any] = {}  # per worker process: (model hash, weights, device, precision) -> (model, crf)
-
-
 def worker_model(spec: RunSpec):
     """The model and CRF of this spec, loaded once per process (a worker runs many parts)."""
-    key = (spec.model_sha256, spec.backbone_weights, spec.device, spec.precision, spec.crf)
-    if key not in _WORKER_MODELS:
-        from .backbone import choose_precision
-        from .crf import make_crf
-        from .model import load_model
+    if spec.model_file is None:
+        raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
+    return _load_worker_model(spec.model_file, spec.model_sha256, spec.backbone_weights, spec.device,
+                              spec.precision, spec.fuse, spec.crf)
 
-        if spec.model_file is None:
-            raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
-        device = torch.device(spec.device)
-        model = load_model(spec.model_file, backbone_weights=spec.backbone_weights,
-                           precision=choose_precision(spec.precision, device))
-        _WORKER_MODELS.clear()  # one job's model at a time
-        # A Dask worker is a daemon process and may not start the CRF's own worker processes.
-        _WORKER_MODELS[key] = (model.to(device).eval(), make_crf(spec.crf, workers=1))
-    return _WORKER_MODELS[key]
+
+@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
+def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
+                       precision: str, fuse: bool | str, crf: str):
+    from .backbone import choose_precision
+    from .crf import make_crf
+    from .model import load_model
+
+    device = torch.device(device_name)
+    model = load_model(model_file, backbone_weights=backbone_weights,
+                       precision=choose_precision(precision, device), fuse=fuse)
+    # A Dask worker is a daemon process and may not start the CRF's own worker processes.
+    return model.to(device).eval(), make_crf(crf, workers=1)
 
 
 def run_part_task(part: dict, spec: dict) -> dict[str, str]:

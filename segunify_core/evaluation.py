@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import settings
 from .datasets import (
     EvalSample,
     centre_crop_resize,
@@ -33,7 +34,7 @@ from .model import SegUnifyModel
 if TYPE_CHECKING:
     from .crf import CRF
 
-DEFAULT_RESOLUTION = 224  # SegUnify's Potsdam evaluation resolution (STEGO/HP/PriMaPs use 320)
+DEFAULT_RESOLUTION = settings.EVAL_RESOLUTION  # SegUnify's; STEGO/HP/PriMaPs use 320
 POTSDAM_VAL_SPLIT = "val"  # the split --val uses on a Potsdam folder (a fixed subset of labelled_train)
 TEST_SPLITS = ("test", "all")  # Potsdam splits that hold labelled_test.txt
 
@@ -85,8 +86,9 @@ def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
                             "with another validation set (--val).")
 
 
-def evaluate(model: SegUnifyModel, data: str | Path, split: str = "test", resolution: int = DEFAULT_RESOLUTION,
-             crf: CRF | None = None, flip: bool = True, batch_size: int = 8, device: str = "cpu",
+def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_SPLIT,
+             resolution: int = DEFAULT_RESOLUTION, crf: CRF | None = None, flip: bool = settings.FLIP,
+             batch_size: int = settings.EVAL_BATCH_SIZE, device: str = "cpu",
              progress: Callable[[int], None] | None = None) -> tuple[Scores, dict]:
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
@@ -131,7 +133,8 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = "test", resolu
     if batch:
         flush(batch)
     if count == 0:
-        raise SegUnifyError(f"No labelled images found in '{data}' for split '{split}'.")
+        raise SegUnifyError(f"No labelled images found in '{data}' for split '{split}'; choose another split "
+                            "(--split) or a folder with images/ and labels/.")
     protocol["images"] = count
     return hungarian_scores(confusion), protocol
 

@@ -8,6 +8,7 @@ first pass only read this file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -21,7 +22,7 @@ import torch
 
 from .atomic import atomic_path
 from .backbone import Backbone
-from .datasets import TrainingImage, TrainWindow, TrainWindowReader
+from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
 from .errors import SegUnifyError
 
 CACHE_FORMAT = 1
@@ -40,7 +41,7 @@ def _file_fingerprint(path: Path) -> list:
 
 def cache_key(images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
               backbone: Backbone, backbone_weights: str | None, flip: bool,
-              bands: Sequence[int] | None, resize: str = "bilinear") -> str:
+              bands: Sequence[int] | None, resize: str = RESIZE_MODES[0]) -> str:
     h = hashlib.sha256()
     payload = {
         "format": CACHE_FORMAT,
@@ -139,23 +140,16 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
 
 SHARD_WINDOWS = 64  # windows per shard: a multiple of the backbone batch, seconds to minutes of work
 
-_WORKER_BACKBONES: dict[tuple, Backbone] = {}  # per worker process: (name, weights, precision, device)
-
-
-def _worker_backbone(name: str, weights: str | None, precision: str, device: str) -> Backbone:
+@functools.lru_cache(maxsize=1)  # a worker process computes many shards of one job with one backbone
+def _worker_backbone(name: str, weights: str | None, precision: str, device: str, fuse: bool | str) -> Backbone:
     from .backbone import create_backbone
 
-    key = (name, weights, precision, device)
-    if key not in _WORKER_BACKBONES:
-        _WORKER_BACKBONES.clear()
-        backbone = create_backbone(name, weights, precision=precision)
-        _WORKER_BACKBONES[key] = backbone.to(torch.device(device))
-    return _WORKER_BACKBONES[key]
+    return create_backbone(name, weights, precision=precision, fuse=fuse).to(torch.device(device))
 
 
 def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                  bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str], flip: bool,
-                  batch_size: int = 16, resize: str = "bilinear") -> str:
+                  bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str, bool | str], flip: bool,
+                  batch_size: int = 16, resize: str = RESIZE_MODES[0]) -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
     from .manifest import file_sha256
 
@@ -188,7 +182,7 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
                            window: int, bands: Sequence[int] | None, backbone: Backbone,
                            backbone_weights: str | None, flip: bool, device: str,
                            progress: Callable[[int, int], None] | None = None,
-                           resize: str = "bilinear") -> FeatureCache:
+                           resize: str = RESIZE_MODES[0]) -> FeatureCache:
     """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
@@ -206,7 +200,8 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
     starts = list(range(0, len(windows), SHARD_WINDOWS))
     files = {s: shards_dir / f"shard-{s:08d}.npy" for s in starts}
     todo = [s for s in starts if not manifest.has(str(s), {"features": files[s]})]
-    spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device)
+    spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device,
+            backbone.fuse)
     resources = {"GPU": 1} if device == "cuda" else None
     futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + SHARD_WINDOWS], window, bands,
                              spec, flip, resize=resize, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from . import settings
 from .model import SegUnifyModel
 
 if TYPE_CHECKING:
@@ -24,14 +25,14 @@ def pad_to_patch(rgb: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int
 
 
 @torch.inference_mode()
-def predict_log_probs(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
+def predict_log_probs(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
     """(B, 3, H, W) 0..255 RGB of any size -> (B, K, H, W) log-probabilities."""
     padded, (h, w) = pad_to_patch(rgb, model.config.patch_size)
     return model.log_probs(padded, flip)[..., :h, :w]
 
 
 @torch.inference_mode()
-def predict_labels(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = True, crf: CRF | None = None) -> torch.Tensor:
+def predict_labels(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = settings.FLIP, crf: CRF | None = None) -> torch.Tensor:
     """Cluster index (B, H, W) per pixel, CRF-refined when a CRF is given."""
     log_probs = predict_log_probs(model, rgb, flip)
     if crf is not None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import settings
 from .atomic import atomic_path
-from .backbone import DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
+from .backbone import BACKBONES, DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
 from .compressor import Compressor
 from .errors import SegUnifyError, write_failure
 from .labeler import Labeler
@@ -36,23 +36,30 @@ RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
 
 
 @dataclasses.dataclass
-class ModelConfig:
-    backbone: str = DEFAULT_BACKBONE
+class HeadConfig:
+    """The trained head (Compressor and Labeler) and its input bands: what TrainConfig asks for and
+    ModelConfig records, declared once for both."""
+
     classes: int = settings.CLASSES
     extra_clusters: int = settings.EXTRA_CLUSTERS
     code_dim: int = settings.CODE_DIM
     dropout: float = settings.DROPOUT
     nonlinear: bool = settings.NONLINEAR
     outer_silu: bool = settings.OUTER_SILU
-    feature_dim: int = 384  # backbone channels
-    patch_size: int = 8
-    bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
-    gsd: float | None = None  # ground sampling distance of the training windows, metres
     local_sets: int = settings.LOCAL_SETS  # local (student) prototype sets; inference uses the global set only
+    bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
 
     @property
     def n_clusters(self) -> int:
         return self.classes + self.extra_clusters
+
+
+@dataclasses.dataclass
+class ModelConfig(HeadConfig):
+    backbone: str = DEFAULT_BACKBONE
+    feature_dim: int = BACKBONES[DEFAULT_BACKBONE].feature_dim  # backbone channels
+    patch_size: int = BACKBONES[DEFAULT_BACKBONE].patch_size
+    gsd: float | None = None  # ground sampling distance of the training windows, metres
 
 
 class SegUnifyModel(nn.Module):
@@ -83,7 +90,7 @@ class SegUnifyModel(nn.Module):
         return self.backbone
 
     @torch.inference_mode()
-    def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    def code(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
         """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
         if not flip:
             return self.compress(self.attached_backbone(rgb))
@@ -117,7 +124,7 @@ class SegUnifyModel(nn.Module):
         return log_probs.permute(0, 3, 1, 2).contiguous()
 
     @torch.inference_mode()
-    def log_probs(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    def log_probs(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
         """Per-pixel log-probabilities (B, K, H, W) from the global prototypes."""
         return self.log_probs_from_code(self.code(rgb, flip), rgb.shape[-2:])
 
@@ -216,6 +223,8 @@ def check_weights(path: str | Path, recorded: WeightsFile | None, used: WeightsF
             f"The backbone weights (--backbone-weights) '{used.path}' are not the file model '{path}' was trained "
             f"with (SHA-256 {used.sha256[:12]}… instead of {recorded.sha256[:12]}…); pass that file "
             f"('{recorded.path}') or a copy of it.")
+
+
 def model_config(stored: dict[str, Any]) -> ModelConfig:
     """The ModelConfig of a model file's "config" metadata, older key names included."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -240,7 +249,7 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
         raise SegUnifyError(
             f"Model '{path}' was trained on backbone '{config.backbone}' ({config.feature_dim} feature "
             f"channels, patch {config.patch_size}) but the backbone given has {backbone.feature_dim}, patch "
-            f"{backbone.patch_size}; pass that backbone's weights."
+            f"{backbone.patch_size}; choose that backbone's weights file (--backbone-weights)."
         )
     model = SegUnifyModel(config, backbone)
     try:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from . import settings
 from .atomic import atomic_path
 from .blending import Blender
 from .manifest import file_sha256
@@ -49,12 +50,13 @@ class RunSpec:
     """How every part of a job runs: the same on every engine, JSON-serialisable."""
 
     parts_dir: str
-    flip: bool = True
-    batch_size: int = 4
-    probabilities_dtype: str = "float16"
-    device: str = "cpu"
-    precision: str = "auto"
-    crf: str = "none"
+    flip: bool = settings.FLIP
+    batch_size: int = settings.SEGMENT_BATCH_SIZE
+    probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0]
+    device: str = "cpu"  # resolved on the driver (settings.DEVICES' auto becomes cpu or cuda there)
+    precision: str = settings.PRECISION
+    fuse: bool | str = "auto"  # the backbone's CPU graph fusion (Backbone.fuse)
+    crf: str = settings.CRF
     model_file: str | None = None  # for workers: the model they load (once per process)
     model_sha256: str | None = None
     backbone_weights: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import SegUnifyError
-from .training import TrainConfig
+from .training import TrainConfig, flag
 
 BACKBONE = "backbone"  # the one preset value that is not a TrainConfig field
 
@@ -103,11 +103,6 @@ def resolve(name: str | None, explicit: Mapping[str, Any], backbone: str | None 
     if backbone is not None:
         chosen_backbone = backbone
     return TrainConfig(**values), chosen_backbone
-
-
-def flag(field: str) -> str:
-    """The `segunify train` flag that sets a TrainConfig field (or the backbone)."""
-    return {"potsdam_split": "--split"}.get(field, "--" + field.replace("_", "-"))
 
 
 def _cli_value(field: str, value: Any) -> str:

@@ -212,14 +212,17 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
             seconds["fit"] = time.perf_counter() - clock
         model = model.to(device).eval()
         n = model.n_classes
-        if n > 255:
-            raise SegUnifyError(f"The model has {n} classes; a uint8 class raster holds at most 255.")
+        if n > settings.MAX_CLASSES:
+            raise SegUnifyError(f"The model has {n} classes but a class raster holds at most {settings.MAX_CLASSES}; "
+                                "merge classes (`segunify classes --merge`) or fit fewer (--classes).")
         precision = getattr(model.backbone, "precision", "fp32")
         recorded = getattr(model.backbone, "weights", None)
         if backbone_weights is None and recorded is not None:
             backbone_weights = recorded.path  # cluster workers load the same checkpoint
-        spec = RunSpec(str(folder), options.flip, options.batch_size, options.probabilities_dtype, device.type,
-                       precision, crf.name if crf is not None else "none", backbone_weights=_opt_str(backbone_weights))
+        spec = RunSpec(str(folder), flip=options.flip, batch_size=options.batch_size,
+                       probabilities_dtype=options.probabilities_dtype, device=device.type, precision=precision,
+                       fuse=getattr(model.backbone, "fuse", "auto"), crf=crf.name if crf is not None else "none",
+                       backbone_weights=_opt_str(backbone_weights))
         if client is not None:
             spec = _with_model_file(spec, model, model_file, folder)
         report = _run_and_assemble(parts, spec, manifest, model, crf, client, options, keep_going, progress)

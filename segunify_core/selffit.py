@@ -18,6 +18,7 @@ import torch
 
 from . import settings
 from .backbone import Backbone
+from .errors import SegUnifyError
 from .features import build_cache
 from .legend import cluster_shares
 from .model import SegUnifyModel
@@ -59,8 +60,11 @@ def sample_windows(rasters: Sequence[RasterJob], count: int, seed: int) -> list[
 
 
 def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptions, device: torch.device,
-             flip: bool = True, progress: Callable[[str, int, int], None] | None = None) -> SegUnifyModel:
+             flip: bool = settings.FLIP, progress: Callable[[str, int, int], None] | None = None) -> SegUnifyModel:
     """Fit Compressor and Labeler on cached features of windows sampled across the job."""
+    if fit.steps < settings.MIN_STEPS or fit.max_windows < settings.MIN_FIT_WINDOWS:
+        raise SegUnifyError(f"Self-fit needs at least {settings.MIN_STEPS} training step (--fit-steps) and "
+                            f"{settings.MIN_FIT_WINDOWS} window (--fit-windows).")
     windows = sample_windows(rasters, fit.max_windows, fit.seed)
     readers: dict[int, tuple[RasterReader, TileSource]] = {}
 
@@ -83,14 +87,15 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
         bands = list(reader.bands)
     folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
     try:
-        cache = build_cache(folder / "features", len(windows), read, size, backbone, flip, batch_size=4,
+        cache = build_cache(folder / "features", len(windows), read, size, backbone, flip,
+                            batch_size=settings.SEGMENT_BATCH_SIZE,
                             device=device,
                             progress=(lambda d, t: progress("features", d, t)) if progress else None)
         for reader, _ in readers.values():
             reader.close()
         shared = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit) if f.name in _TRAIN_FIELDS}
-        config = TrainConfig(**{**shared, "batch_size": max(2, min(fit.batch_size, len(cache) * cache.views)),
-                                "window": first_raster.model_window, "bands": bands, "flip": flip})
+        config = TrainConfig(**{**shared, "window": first_raster.model_window, "bands": bands, "flip": flip,
+                                "batch_size": max(settings.MIN_BATCH_SIZE, min(fit.batch_size, len(cache) * cache.views))})
         model = new_model(backbone, config, gsd)
         trainer = Trainer(model, cache, config)
         while trainer.step < config.steps:

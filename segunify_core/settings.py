@@ -70,6 +70,7 @@ LR_LABELER = 5e-4
 FIT_STEPS = 300
 FIT_BATCH_SIZE = 16
 FIT_WINDOWS = 64
+MIN_FIT_WINDOWS = 1  # one window fits too: its mirror and random crops of it form the pairs
 FIT_FEATURE_CROP = 28  # patches; random crops of the cached window grids keep steps cheap
 
 # Segmenting (`segunify tile-segment` / `batch`, Segment raster).
@@ -86,3 +87,9 @@ PROBABILITIES_DTYPES = ("float16", "uint8")
 # Polygons (`segunify vectorize`, Vectorize classes).
 MIN_AREA = 0.0  # square metres; 0 keeps every region
 SIMPLIFY = 0.0  # CRS units; 0 keeps the pixel outlines
+
+# Scoring (`segunify evaluate`).
+EVAL_SPLIT = "test"  # Potsdam's labelled_test.txt
+EVAL_RESOLUTIONS = (224, 320)  # px: resize the shorter side, centre crop; 224 is SegUnify's, 320 STEGO's
+EVAL_RESOLUTION = 224
+EVAL_BATCH_SIZE = 8

@@ -24,12 +24,12 @@ import torch
 from . import settings
 from .backbone import Backbone, create_backbone
 from .compressor import DROPOUT_MASKS
-from .datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
+from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
 from .errors import SegUnifyError
 from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 from .legend import cluster_shares
 from .losses import PAIRINGS, energy
-from .model import ModelConfig, SegUnifyModel, save_model, write_safetensors
+from .model import HeadConfig, ModelConfig, SegUnifyModel, save_model, write_safetensors
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"
@@ -40,9 +40,9 @@ EMA_ORDERS = ("after", "before")  # global-prototype EMA after the optimiser ste
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    classes: int = settings.CLASSES
-    extra_clusters: int = settings.EXTRA_CLUSTERS
+class TrainConfig(HeadConfig):
+    """What to train: the head (HeadConfig's fields) and how."""
+
     window: int = settings.TRAIN_WINDOW
     steps: int = settings.STEPS
     batch_size: int = settings.BATCH_SIZE
@@ -55,25 +55,19 @@ class TrainConfig:
     shift_intra: float = settings.SHIFT_INTRA
     shift_inter: float = settings.SHIFT_INTER
     pointwise: bool = True
-    code_dim: int = settings.CODE_DIM
-    dropout: float = settings.DROPOUT
-    nonlinear: bool = settings.NONLINEAR
-    outer_silu: bool = settings.OUTER_SILU
     seed: int = settings.SEED
     max_windows: int = settings.MAX_WINDOWS
     five_crop: bool = False
-    crop_ratio: float = 0.5
+    crop_ratio: float = CROP_RATIO
     flip: bool = settings.FLIP
     checkpoint_every: int = 400
     feature_crop: int | None = None  # train on random crops of this many patches of the cached grids
-    bands: list[int] | None = None
     gsd: float | None = None  # target GSD in metres; default: the median GSD of the data
-    local_sets: int = settings.LOCAL_SETS
-    lr_schedule: str = "poly-step"  # one of LR_SCHEDULES
-    dropout_masks: str = "independent"  # one of compressor.DROPOUT_MASKS
-    ema_order: str = "after"  # one of EMA_ORDERS
+    lr_schedule: str = LR_SCHEDULES[0]
+    dropout_masks: str = DROPOUT_MASKS[0]
+    ema_order: str = EMA_ORDERS[0]
     pairing: str = "derangement"  # one of losses.PAIRINGS
-    resize: str = "bilinear"  # training windows resampled by datasets.RESIZE_MODES
+    resize: str = RESIZE_MODES[0]  # how training windows are resampled
     potsdam_split: str = "all_train"  # the training split when DATA is a Potsdam folder
     amp: bool = False  # float16 autocast + gradient scaling on CUDA (float32 elsewhere)
     val_every: int = 400  # steps between validation scores (with validation data)
@@ -86,10 +80,9 @@ class TrainConfig:
                    "pairing": tuple(PAIRINGS), "resize": RESIZE_MODES, "potsdam_split": POTSDAM_TRAIN_SPLITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                flag = "--split" if name == "potsdam_split" else "--" + name.replace("_", "-")
                 raise SegUnifyError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; use one of "
-                                    f"{', '.join(allowed)} ({flag}).")
-        if self.steps < 1 or self.batch_size < 2:
+                                    f"{', '.join(allowed)} ({flag(name)}).")
+        if self.steps < settings.MIN_STEPS or self.batch_size < settings.MIN_BATCH_SIZE:
             raise SegUnifyError("Training needs at least 1 step (--steps) and a batch size of at least 2 "
                                 "(--batch-size): cross-image smoothness pairs different images.")
         if self.local_sets < 1:
@@ -98,6 +91,11 @@ class TrainConfig:
         if self.val_every < 1 or self.checkpoint_every < 1:
             raise SegUnifyError("The validation interval (--val-every) and checkpoint interval (--checkpoint-every) "
                                 "must be at least 1 step.")
+
+
+def flag(field: str) -> str:
+    """The `segunify train` flag that sets a TrainConfig field (or the backbone)."""
+    return {"potsdam_split": "--split"}.get(field, "--" + field.replace("_", "-"))
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -261,13 +259,13 @@ class Trainer:
 
 def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> SegUnifyModel:
     """A freshly initialised (seeded) Compressor and Labeler for this backbone and configuration."""
-    model_config = ModelConfig(
-        backbone=backbone.spec.name, classes=config.classes, extra_clusters=config.extra_clusters,
-        code_dim=config.code_dim, dropout=config.dropout, nonlinear=config.nonlinear,
-        outer_silu=config.outer_silu, feature_dim=backbone.feature_dim, patch_size=backbone.patch_size,
-        bands=config.bands, gsd=gsd, local_sets=config.local_sets)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's generator is left as it was
-        torch.manual_seed(config.seed)
+    head = {f.name: getattr(config, f.name) for f in dataclasses.fields(HeadConfig)}
+    model_config = ModelConfig(**head, backbone=backbone.spec.name, feature_dim=backbone.feature_dim,
+                               patch_size=backbone.patch_size, gsd=gsd)
+    # Seeded initialisation (on the CPU) that leaves the caller's generators as they were: only the CPU
+    # generator is saved and reseeded (torch.manual_seed would reseed every GPU's generator too).
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(config.seed)
         return SegUnifyModel(model_config)
 
 

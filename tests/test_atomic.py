@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import sys
 
 import pytest
 
+from qgis_plugin import runner
 from segunify_core.atomic import atomic_path, partial_glob
 from tests.helpers import REPO
 
@@ -36,13 +36,6 @@ def test_folder_target_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
-def _plugin_runner():
-    spec = importlib.util.spec_from_file_location("plugin_runner", REPO / "qgis_plugin" / "runner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["classes.tif", "model.safetensors", "polygons.gpkg", "preview.png"])
 def test_plugin_cleanup_removes_what_a_hard_kill_leaves(tmp_path, name):
     """A process killed with SIGKILL inside `atomic_path` leaves its temporary file; the plugin's
@@ -56,5 +49,5 @@ def test_plugin_cleanup_removes_what_a_hard_kill_leaves(tmp_path, name):
     assert run.returncode == -signal.SIGKILL
     left = [p for p in tmp_path.iterdir() if p.name != "keep.tif"]
     assert len(left) == 1 and left[0].match(os.path.basename(partial_glob(target)))
-    _plugin_runner().remove_partials([str(target)])
+    runner.remove_partials([str(target)])  # the plugin's modules import nothing from QGIS or torch
     assert [p.name for p in tmp_path.iterdir()] == ["keep.tif"]

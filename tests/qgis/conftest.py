@@ -4,9 +4,11 @@ scripts/test.sh). The SegUnify child runs in the project's .venv (SEGUNIFY_PYTHO
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,16 @@ class CancelAt(QgsProcessingFeedback):
 
     def __init__(self, at: float):
         super().__init__()
-        self.at, self.cancelled_at = at, None
+        self.at, self.cancelled_at, self.infos = at, None, []
+
+    def pushInfo(self, info):  # noqa: N802 - QGIS API
+        super().pushInfo(info)
+        self.infos.append(info)
+
+    def child_pid(self) -> int:
+        """The SegUnify child's process id, as the runner logged it."""
+        found = [re.search(r"runs as process (\d+)", line) for line in self.infos]
+        return next(int(m.group(1)) for m in found if m)
 
     def setProgress(self, value):  # noqa: N802 - QGIS API
         super().setProgress(value)
@@ -89,3 +100,15 @@ def set_python():
 
     yield set_value
     ProcessingConfig.setSettingValue(SETTING_PYTHON, old or "")
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process `pid` no longer exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -9,10 +9,9 @@ import subprocess
 
 import processing
 import pytest
-from conftest import REPO, CancelAt
+from conftest import REPO, CancelAt, wait_gone
 from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer
 
-from qgis_plugin import runner
 from qgis_plugin.core_settings import settings
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
@@ -125,7 +124,7 @@ def test_cancel_kills_child_and_leaves_no_output(samples, tiny_weights, tmp_path
             "BACKBONE_WEIGHTS": str(tiny_weights), "WINDOW": 224, "STRIDE": 96, "BATCH_SIZE": 1,
             "OUTPUT": str(out)}, feedback=feedback)
     assert feedback.cancelled_at is not None
-    assert runner.last_child_pid is not None and runner.wait_gone(runner.last_child_pid)
+    assert wait_gone(feedback.child_pid()), "the SegUnify child process must be gone"
     assert not out.exists()
     assert os.listdir(tmp_path) == [], "no partial files either"
 
