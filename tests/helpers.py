@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,15 @@ def exploit_pickle() -> bytes:
 
 def exploit_pickle_in_dict(key: str) -> bytes:
     return pickle.dumps({key: _Exploit()})
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process `pid` no longer exists (within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

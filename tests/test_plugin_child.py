@@ -10,19 +10,9 @@ import time
 import pytest
 
 from qgis_plugin.child import ERR, OUT, Cancelled, Child
+from tests.helpers import wait_gone
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_lines_come_tagged_by_stream_and_the_exit_code_is_kept():
@@ -56,7 +46,7 @@ def test_cancel_stops_the_child_and_what_it_started(tmp_path):
         child.stop()
         pid = child.pid
     assert seen == ["started"] and time.monotonic() - start < 5
-    assert _gone(pid) and _gone(int(pidfile.read_text())), "child and grandchild are stopped"
+    assert wait_gone(pid) and wait_gone(int(pidfile.read_text())), "child and grandchild are stopped"
 
 
 def test_stop_with_grace_lets_the_child_clean_up(tmp_path):

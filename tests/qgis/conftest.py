@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -100,15 +99,3 @@ def set_python():
 
     yield set_value
     ProcessingConfig.setSettingValue(SETTING_PYTHON, old or "")
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once process `pid` no longer exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False

@@ -9,10 +9,11 @@ import subprocess
 
 import processing
 import pytest
-from conftest import REPO, CancelAt, wait_gone
+from conftest import REPO, CancelAt
 from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer
 
 from qgis_plugin.core_settings import settings
+from tests.helpers import wait_gone
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
