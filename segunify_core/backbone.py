@@ -32,7 +32,7 @@ log = logging.getLogger("segunify")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FUSED_BATCH = 8  # windows per fused-graph call (flip averaging of the default batch of 4)
+FUSED_BATCH = 8  # most windows per fused-graph call (flip averaging of the default batch of 4)
 FUSED_WARMUP_RUNS = 3  # TorchScript profiles the first runs before it runs the fused graph
 RUN_PRECISIONS = ("fp32", "bf16", "fp16")  # what settings.PRECISIONS resolve to; fp16 only on GPUs without bf16
 FUSE_CHOICES = ("auto", True, False)
@@ -207,7 +207,7 @@ class Backbone(nn.Module):
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._graphs: dict[tuple, _FusedGraph | None] = {}
+        self._graphs: dict[tuple[str, int, int, int], _FusedGraph | None] = {}
         self._graph_models: dict[torch.dtype, nn.Module] = {}
         for param in self.model.parameters():
             param.requires_grad_(False)
@@ -241,6 +241,17 @@ class Backbone(nn.Module):
         """Whether some input size has run through a fused graph (else all ran eagerly)."""
         return any(g is not None for g in self._graphs.values())
 
+    @property
+    def fused_graphs(self) -> list[tuple[int, int, int]]:
+        """(height, width, windows) of each fused graph built so far, in the order they were built."""
+        return [(h, w, n) for (_, h, w, n), g in self._graphs.items() if g is not None]
+
+    @property
+    def fused_rows(self) -> int:
+        """Windows (batch rows) fed to this backbone's fused graphs so far: the work they did, as
+        each graph computes exactly the rows it is given (no padding)."""
+        return sum(g.rows for g in self._graphs.values() if g is not None)
+
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
         return (rgb.float() / 255.0 - self.mean) / self.std
@@ -260,23 +271,35 @@ class Backbone(nn.Module):
         if h % p or w % p:
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
         x = self.normalize(rgb)
-        graph = self._fused(x)
-        if graph is not None:
-            tokens = graph(x)
-        elif x.device.type == "cpu":
+        if self._fusable(x):
+            tokens = self._run_fused(x)
+        else:
+            tokens = self._run_eager(x)
+        grid = tokens[:, self.num_prefix_tokens:, :].float()
+        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
+
+    def _run_eager(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
             # One window at a time: its activations (about 10 MB for ViT-S/8 at 320 px) stay in the
             # CPU's cache, where a batch of 8 streams from memory (float32, ViT-S/8: 0.80 against
             # 0.72 of the matrix-product rate; bench/run.py).
             with self.autocast(x.device):
-                tokens = torch.cat([self.model.forward_features(x[i:i + 1]) for i in range(b)])
-        else:
-            with self.autocast(x.device):
-                tokens = self.model.forward_features(x)
-        grid = tokens[:, self.num_prefix_tokens:, :].float()
-        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
+                return torch.cat([self.model.forward_features(x[i:i + 1]) for i in range(x.shape[0])])
+        with self.autocast(x.device):
+            return self.model.forward_features(x)
 
-    def _fused(self, x: torch.Tensor) -> _FusedGraph | None:
-        """The fused graph for this input size and precision (built on first use), or None.
+    def _run_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Chunks of `FUSED_BATCH` windows, the last one shorter, each through the fused graph of
+        exactly its size (see `_FusedGraph`); eager where TorchScript cannot build one."""
+        out = []
+        for start in range(0, x.shape[0], FUSED_BATCH):
+            chunk = x[start:start + FUSED_BATCH]
+            graph = self._fused(chunk)
+            out.append(graph(chunk) if graph is not None else self._run_eager(chunk))
+        return torch.cat(out)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether this input runs through fused graphs.
 
         By default ("auto") only bfloat16 runs fused: there oneDNN's fused attention beats eager
         PyTorch (0.84-0.93 against about 0.47 of the matrix-product rate on AVX-512 BF16). In
@@ -284,38 +307,49 @@ class Backbone(nn.Module):
         0.61 for the fused graph on an AVX2 CPU, ViT-S/8, 320 px).
         """
         if self.fuse is False or x.device.type != "cpu" or self.precision not in ("fp32", "bf16"):
-            return None
-        if self.fuse == "auto" and self.precision != "bf16":
-            return None
-        key = (self.precision, *x.shape[-2:])
+            return False
+        return self.fuse is True or self.precision == "bf16"
+
+    def _fused(self, chunk: torch.Tensor) -> _FusedGraph | None:
+        """The fused graph for this chunk's window size and number of windows (built on first
+        use), or None where TorchScript cannot build it."""
+        key = (self.precision, chunk.shape[-2], chunk.shape[-1], chunk.shape[0])
         if key not in self._graphs:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             if dtype not in self._graph_models:  # one converted copy per precision, for all sizes
                 self._graph_models[dtype] = _FeatureGraph(copy.deepcopy(self.model).to(dtype)).eval()
-            self._graphs[key] = _FusedGraph.build(self._graph_models[dtype], x[:1], dtype)
+            self._graphs[key] = _FusedGraph.build(self._graph_models[dtype], chunk, dtype)
         return self._graphs[key]
 
 
 class _FusedGraph:
-    """The ViT traced to TorchScript and frozen, so that oneDNN fuses it (attention with its
-    softmax, linear layers with their bias and GELU) into graph partitions of its own kernels.
+    """The ViT traced to TorchScript for one input shape and frozen, so that oneDNN fuses it
+    (attention with its softmax, linear layers with their bias and GELU) into graph partitions of
+    its own kernels.
 
     Eager PyTorch reaches about half the matrix-product rate on CPU: its attention writes the
     (tokens x tokens) score matrix to fresh memory and runs a separate softmax. The fused graph
     reaches 0.84-0.93 of that rate (ViT-S/8, ViT-B/8; bench/run.py). In bfloat16 the weights are
     cast once (no autocast at run time).
-    oneDNN compiles its partitions per input shape, so windows always run in chunks of
-    `FUSED_BATCH` (the last one padded): one shape per window size, and no result depends on
-    which batches ran before (padding to the largest batch seen so far made a window's features
-    depend on the process's history, and so a part's labels on the order parts ran in). The
-    graph is warmed up at build time: TorchScript's first runs profile the unfused graph.
+
+    oneDNN compiles its partitions per input shape, and TorchScript re-profiles (running the
+    unfused graph, with other rounding) whenever a graph meets a new shape. So each graph is
+    traced for one shape, (windows, 3, height, width), warmed up at build time (TorchScript's
+    first runs profile the unfused graph) and only ever run on that shape: the backbone keeps
+    one graph per window size and number of windows in a chunk (1 to `FUSED_BATCH`), built on
+    first use. A call's features therefore depend only on its input, never on which calls or
+    graphs came before (padding to the largest batch seen so far made them depend on the
+    process's history, and so a part's labels on the order parts ran in), and no padding is
+    computed. `rows` counts the windows fed to the graph.
     """
 
     def __init__(self, graph: torch.jit.ScriptModule, dtype: torch.dtype):
         self.graph, self.dtype = graph, dtype
+        self.rows = 0
 
     @staticmethod
     def build(graph_model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> _FusedGraph | None:
+        """Trace, freeze and warm up a graph for inputs of `example`'s shape."""
         try:
             for module in graph_model.modules():
                 if hasattr(module, "fused_attn"):
@@ -324,7 +358,7 @@ class _FusedGraph:
                     module.fused_attn = False  # type: ignore[assignment]
             with _onednn_fusion(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
-                example = example[:1].to(dtype).expand(FUSED_BATCH, *example.shape[1:]).contiguous()
+                example = example[:1].to(dtype).expand(*example.shape).contiguous()
                 traced = torch.jit.trace(graph_model, example, check_trace=False)
                 fused = _FusedGraph(torch.jit.freeze(traced), dtype)
             with _onednn_fusion(), torch.inference_mode():
@@ -336,16 +370,11 @@ class _FusedGraph:
             return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = []
         with _onednn_fusion(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for start in range(0, x.shape[0], FUSED_BATCH):
-                chunk = x[start:start + FUSED_BATCH].to(self.dtype)
-                n = chunk.shape[0]
-                if n < FUSED_BATCH:
-                    chunk = torch.cat([chunk, chunk.new_zeros((FUSED_BATCH - n, *chunk.shape[1:]))])
-                out.append(self.graph(chunk)[:n])
-        return torch.cat(out)
+            x = x.to(self.dtype)
+            self.rows += x.shape[0]
+            return self.graph(x)
 
 
 class _FeatureGraph(nn.Module):
