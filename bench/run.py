@@ -26,6 +26,7 @@ machines do not compare across runs). Prints one JSON object per line.
    one-off start is reported as warmup_s. 2k and 4k: best of two runs; 8k: one run.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
+`--family backbone` runs only item 1 (both backbones; about 3 minutes on 2 cores).
 `--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
 scheduler overhead, cold start, assembly share, peak RSS per worker).
 """
@@ -253,8 +254,9 @@ def main() -> None:
                         help="as tile-segment's --precision (auto: bf16 on CPUs with native bfloat16)")
     parser.add_argument("--scaling-backbone", default="vit_tiny_patch16_224",
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
-    parser.add_argument("--family", default="speed", choices=["speed", "scale"],
-                        help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
+    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "scale"],
+                        help="speed: the figures above; backbone: item 1 only; scale: the Dask engine's "
+                             "figures (bench/scale.py)")
     args = parser.parse_args()
     reuse_freed_memory()  # as the CLI does: the measured processes run with the CLI's allocator settings
     if args.family == "scale":
@@ -270,7 +272,10 @@ def main() -> None:
         runs = [("dino_vits8", 2, 5)] if args.quick else [("dino_vits8", 2, 5), ("dino_vitb8", 1, 3)]
         for name, windows, rounds in runs:
             per_window = backbone_section(name, tmp, windows, precision, rounds)
-            crf_section(per_window, name, 4)
+            if args.family != "backbone":
+                crf_section(per_window, name, 4)
+        if args.family == "backbone":
+            return
         pipeline_section(tmp, precision, 800, 4)
         scaling_section(tmp, precision, [1024, 2048, 4096] if args.quick else [2048, 4096, 8192],
                         args.scaling_backbone)

@@ -175,40 +175,39 @@ def test_fused_graph_matches_eager_and_never_depends_on_earlier_batches(referenc
     assert model.fused_graphs == [(64, 96, 2), (64, 96, 8), (64, 96, 1)]
 
 
-def _fused_windows(backbone, precision: str):
-    """A fused backbone of the same ViT with no graph built yet, and 8 windows."""
-    model = backbone.with_settings(precision="fp32", fuse=False).with_settings(precision=precision, fuse=True)
-    torch.manual_seed(3)
-    x = torch.rand(8, 3, 64, 96) * 255
-    return model, x
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_window_has_the_same_bits_in_any_chunk_and_after_any_graphs(reference, precision):
-    """What the fused path guarantees: a call's features depend on its windows only. Each chunk
-    runs through a graph traced, warmed up and run for exactly its number of windows, so neither
-    earlier calls nor the graphs built before change a bit; and (oneDNN's kernels compute each
-    window's rows alike whatever the batch) a window's features are the same in a chunk of 1, 3,
-    4 or 8 windows. Float32 forces the fused path on every CPU; bfloat16 runs where oneDNN has it."""
+def test_a_calls_features_never_depend_on_earlier_calls_or_graphs(reference, precision):
+    """What the fused path guarantees: a call's features are a function of its input alone. Each
+    chunk (FUSED_BATCH windows, the last one shorter) runs through a graph traced, warmed up and
+    only ever run for its own number of windows, so neither earlier calls nor the graphs built
+    before, in any order, change a bit. A window's bits may depend on the size of the chunk it
+    runs in (oneDNN picks kernels per shape: in bfloat16 on these small windows they differ in the
+    last bits), as a part's chunks follow from its windows and the batch size alone.
+    Float32 forces the fused path on every CPU; bfloat16 runs where the CPU has it natively."""
     from segunify_core.backbone import cpu_has_native_bf16
 
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("no native bfloat16 on this CPU (AVX-512 BF16/AMX): the float32 case covers the fused path")
     backbone, _, _ = reference
-    model, x = _fused_windows(backbone, precision)
-    alone = torch.cat([model(x[i:i + 1]) for i in range(8)])  # only the graph of one window exists
-    assert model.fused_graphs == [(64, 96, 1)]
-    # other graph sizes, built in two different orders by two backbones
-    orders = {"8, 4, 3": [8, 4, 3, 1], "3, 1, 4, 8": [3, 1, 4, 8]}
-    for sizes in orders.values():
-        other, _ = _fused_windows(backbone, precision)
-        for n in sizes:
-            out = other(x[:n])
-            assert torch.equal(out, alone[:n]), f"{n} windows after graphs {other.fused_graphs}"
-        for n in sizes:  # again, now that every graph exists
-            assert torch.equal(other(x[8 - n:]), alone[8 - n:])
-        assert sorted(other.fused_graphs) == sorted((64, 96, n) for n in sizes)
-    assert torch.equal(model(x[:3]), alone[:3]) and torch.equal(model(x), alone)  # later graphs, first model
+    calls = {n: slice(0, n) for n in (1, 3, 4, 8)} | {"last 3": slice(8, 11), "11 (8 + 3)": slice(0, 11)}
+    torch.manual_seed(3)
+    x = torch.rand(11, 3, 64, 96) * 255
+    first = {}
+    for key, rows in calls.items():  # each call first in a fresh backbone: no graph built before it
+        fresh = _fused(backbone, precision)
+        first[key] = fresh(x[rows])
+        assert fresh.runs_fused
+    assert torch.equal(first["11 (8 + 3)"], torch.cat([first[8], first["last 3"]])), "the chunks are the calls of 8 and 3"
+    for order in ([8, 4, 3, 1, "last 3", "11 (8 + 3)"], ["11 (8 + 3)", "last 3", 3, 1, 4, 8]):
+        model = _fused(backbone, precision)
+        for key in order + order[::-1]:  # each call once while graphs are being built, once after
+            assert torch.equal(model(x[calls[key]]), first[key]), f"call {key} after graphs {model.fused_graphs}"
+        assert sorted(model.fused_graphs) == [(64, 96, n) for n in (1, 3, 4, 8)]
+
+
+def _fused(backbone, precision: str):
+    """A fused backbone of the same ViT with no graph built yet."""
+    return backbone.with_settings(precision="fp32", fuse=False).with_settings(precision=precision, fuse=True)
 
 
 def test_fewer_windows_do_less_work(reference):
@@ -218,7 +217,8 @@ def test_fewer_windows_do_less_work(reference):
     (fused_rows). A graph is traced for one shape and computes exactly the rows it gets, so rows
     are its work; no load on the machine changes them."""
     backbone, _, _ = reference
-    model, x = _fused_windows(backbone, "fp32")
+    model = _fused(backbone, "fp32")
+    x = torch.rand(8, 3, 64, 96) * 255
     fed: list[int] = []
 
     def count(module, args):
