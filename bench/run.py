@@ -45,7 +45,7 @@ import rasterio
 import torch
 from common import REPO, generated_raster, random_checkpoint, report
 
-from segunify_core.backbone import choose_precision, create_backbone, reuse_freed_memory
+from segunify_core.method.backbone import choose_precision, create_backbone, reuse_freed_memory
 
 TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
 
@@ -117,7 +117,7 @@ def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds:
 
 
 def crf_section(seconds_per_window: float, name: str, windows: int) -> None:
-    from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
+    from segunify_core.method.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
     from segunify_core.synthetic import make_blobs
 
     rgb, labels = make_blobs(320, 320, seed=3, cells=12)
@@ -147,11 +147,11 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     One backbone serves both; its one-off start (graph build, first allocations) is taken by a
     first call and reported as warmup_s. The two are then timed in turn, best of `repeat` each.
     """
-    from segunify_core.model import load_model
-    from segunify_core.segment import SegmentOptions, segment_raster
-    from segunify_core.tiling import WindowPlan
-    from segunify_core.training import TrainConfig, train
-    from segunify_core.windows import grid_phase
+    from segunify_core.job.segment import SegmentOptions, segment_raster
+    from segunify_core.job.tiling import WindowPlan
+    from segunify_core.job.windows import grid_phase
+    from segunify_core.method.model import load_model
+    from segunify_core.training.trainer import TrainConfig, train
 
     weights = random_checkpoint("vit_small_patch8_224.dino", tmp)
     src = generated_raster(tmp / "pipeline.tif", side)
@@ -192,9 +192,9 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from segunify_core.backbone import reuse_freed_memory
-from segunify_core.model import load_model
-from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.method.backbone import reuse_freed_memory
+from segunify_core.method.model import load_model
+from segunify_core.job.segment import SegmentOptions, segment_raster
 reuse_freed_memory()  # as the CLI does
 model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})
 start = time.perf_counter()
@@ -212,7 +212,7 @@ print(json.dumps({{"seconds": seconds, "warmup_seconds": warmup, "rss_mb": peak 
 
 
 def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) -> None:
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.training.trainer import TrainConfig, train
 
     spec = create_backbone(backbone, pretrained=False).spec
     weights = random_checkpoint(spec.timm_name, tmp)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from common import generated_raster, random_checkpoint, report
 
-from segunify_core.backbone import choose_precision, create_backbone
-from segunify_core.training import TrainConfig, train
+from segunify_core.method.backbone import choose_precision, create_backbone
+from segunify_core.training.trainer import TrainConfig, train
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from segunify_core.crf import make_crf
 from segunify_core.errors import SegUnifyError
-from segunify_core.planning import DEFAULT_BLOCK
-from segunify_core.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
-from segunify_core.segment import SegmentOptions, segment
+from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
+from segunify_core.job.planning import DEFAULT_BLOCK
+from segunify_core.job.segment import SegmentOptions, segment
+from segunify_core.method.crf import make_crf
 
 from .common import prepare
 from .options import (

@@ -8,9 +8,9 @@ from typing import overload
 import click
 import torch
 
-from segunify_core.backbone import Backbone, choose_precision, create_backbone
 from segunify_core.device import resolve_device
-from segunify_core.model import SegUnifyModel, load_model
+from segunify_core.method.backbone import Backbone, choose_precision, create_backbone
+from segunify_core.method.model import SegUnifyModel, load_model
 
 
 @overload

@@ -7,8 +7,8 @@ import json
 import click
 
 from segunify_core import settings
-from segunify_core.crf import make_crf
-from segunify_core.evaluation import evaluate
+from segunify_core.method.crf import make_crf
+from segunify_core.training.evaluation import evaluate
 
 from .common import prepare
 from .options import (

@@ -68,7 +68,7 @@ def engine_options(func: Callable) -> Callable:
 @contextlib.contextmanager
 def dask_client(cluster: str | None, scheduler: str | None, scheduler_file: str | None, quiet: bool):
     """The Dask client of the engine options (None: in-process), closed at the end."""
-    from segunify_core.engines import close_client, connect
+    from segunify_core.job.engines import close_client, connect
 
     client = connect(cluster, scheduler, scheduler_file)
     if client is not None and not quiet:

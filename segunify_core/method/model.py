@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import settings
-from .atomic import atomic_path
+from .. import settings
+from ..errors import SegUnifyError, write_failure
+from ..files.atomic import atomic_path
 from .backbone import BACKBONES, DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
 from .compressor import Compressor
-from .errors import SegUnifyError, write_failure
 from .labeler import Labeler
 from .legend import Legend
 

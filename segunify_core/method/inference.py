@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from . import settings
+from .. import settings
 from .model import SegUnifyModel
 
 if TYPE_CHECKING:

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import SegUnifyError
+from ..errors import SegUnifyError
 from .parts import Progress, RunSpec, run_part
 from .planning import Part
 
 if TYPE_CHECKING:
-    from .crf import CRF
-    from .model import SegUnifyModel
+    from ..method.crf import CRF
+    from ..method.model import SegUnifyModel
 
 Result = tuple[Part, dict[str, str] | None, BaseException | None]
 INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
@@ -101,9 +101,9 @@ def worker_model(spec: RunSpec):
 @functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
 def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
                        precision: str, fuse: bool | str, crf: str):
-    from .backbone import choose_precision
-    from .crf import make_crf
-    from .model import load_model
+    from ..method.backbone import choose_precision
+    from ..method.crf import make_crf
+    from ..method.model import load_model
 
     device = torch.device(device_name)
     model = load_model(model_file, backbone_weights=backbone_weights,
@@ -141,7 +141,7 @@ def torch_threads_plugin(workers_per_host: dict[str, int]):
         name = "segunify-torch-threads"
 
         def setup(self, worker) -> None:
-            from .backbone import reuse_freed_memory
+            from ..method.backbone import reuse_freed_memory
 
             set_torch_threads(workers_per_host, worker.address)
             reuse_freed_memory()

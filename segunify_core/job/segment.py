@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import settings
+from .. import settings
+from ..device import resolve_device  # noqa: F401 - re-exported for callers of the old module
+from ..errors import SegUnifyError
+from ..files.manifest import Manifest, file_sha256
+from ..files.raster_io import open_raster
+from ..method.backbone import Backbone
+from ..method.model import SegUnifyModel, load_model, save_model
 from .assembly import assemble
-from .backbone import Backbone
-from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
 from .engines import as_client, run_parts
-from .errors import SegUnifyError
-from .manifest import Manifest, file_sha256
-from .model import SegUnifyModel, load_model, save_model
 from .parts import RunSpec, gdal_env, part_files
 from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
-from .raster_io import open_raster
 from .selffit import SelfFitOptions, self_fit
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .atomic import write_text_atomic
-from .errors import SegUnifyError
+from ..errors import SegUnifyError
+from ..files.atomic import write_text_atomic
 
 if TYPE_CHECKING:
-    from .features import FeatureCache
+    from ..training.feature_cache import FeatureCache
     from .model import SegUnifyModel
 
 Colour = tuple[int, int, int]

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from . import settings
-from .errors import SegUnifyError
-from .manifest import file_sha256
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.manifest import file_sha256
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer

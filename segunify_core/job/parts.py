@@ -23,18 +23,18 @@ import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import settings
-from .atomic import atomic_path
+from .. import settings
+from ..files.atomic import atomic_path
+from ..files.manifest import file_sha256
+from ..files.outputs import creation_options, encode_probabilities, probability_storage, read_back
+from ..files.raster_io import RasterReader
+from ..method.model import SegUnifyModel
 from .blending import Blender
-from .manifest import file_sha256
-from .model import SegUnifyModel
-from .outputs import creation_options, encode_probabilities, probability_storage, read_back
 from .planning import Part
-from .raster_io import RasterReader
 from .windows import TileSource
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 # GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
 # keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).

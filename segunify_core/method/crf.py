@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import settings
+from .. import settings
+from ..errors import SegUnifyError
 from .backbone import cpu_has_native_bf16
 from .densecrf_window import CRFParams, refine_window, worker_init
-from .errors import SegUnifyError
 
 CRF_CHOICES = settings.CRF_BACKENDS
 MAX_BILATERAL_WEIGHTS = 1 << 26  # per window: 128 MB in half floats, 256 MB in float32

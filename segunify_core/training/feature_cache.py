@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .backbone import Backbone
+from ..errors import SegUnifyError
+from ..files.atomic import atomic_path
+from ..method.backbone import Backbone
 from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
-from .errors import SegUnifyError
 
 CACHE_FORMAT = 1
 
@@ -142,7 +142,7 @@ SHARD_WINDOWS = 64  # windows per shard: a multiple of the backbone batch, secon
 
 @functools.lru_cache(maxsize=1)  # a worker process computes many shards of one job with one backbone
 def _worker_backbone(name: str, weights: str | None, precision: str, device: str, fuse: bool | str) -> Backbone:
-    from .backbone import create_backbone
+    from ..method.backbone import create_backbone
 
     return create_backbone(name, weights, precision=precision, fuse=fuse).to(torch.device(device))
 
@@ -151,7 +151,7 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                   bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str, bool | str], flip: bool,
                   batch_size: int = 16, resize: str = RESIZE_MODES[0]) -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
-    from .manifest import file_sha256
+    from ..files.manifest import file_sha256
 
     model = _worker_backbone(*backbone)
     reader = TrainWindowReader(images, windows, window, bands, resize)
@@ -187,8 +187,8 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
     keeps the finished shards. The driver then joins them, in window order, into the cache file."""
-    from .engines import import_distributed, prepare_workers
-    from .manifest import Manifest
+    from ..files.manifest import Manifest
+    from ..job.engines import import_distributed, prepare_workers
 
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)

@@ -10,7 +10,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from .raster_io import RasterReader, ground_sampling_distance
+from ..files.raster_io import RasterReader, ground_sampling_distance
 from .tiling import Tile, WindowPlan
 
 log = logging.getLogger("segunify")

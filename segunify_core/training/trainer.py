@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from . import settings
-from .backbone import Backbone, create_backbone
-from .compressor import DROPOUT_MASKS
+from .. import settings
+from ..errors import SegUnifyError
+from ..method.backbone import Backbone, create_backbone
+from ..method.compressor import DROPOUT_MASKS
+from ..method.legend import cluster_shares
+from ..method.losses import PAIRINGS, energy
+from ..method.model import HeadConfig, ModelConfig, SegUnifyModel, save_model, write_safetensors
 from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
-from .errors import SegUnifyError
-from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
-from .legend import cluster_shares
-from .losses import PAIRINGS, energy
-from .model import HeadConfig, ModelConfig, SegUnifyModel, save_model, write_safetensors
+from .feature_cache import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"

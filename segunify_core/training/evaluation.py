@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import settings
+from .. import settings
+from ..errors import SegUnifyError
+from ..method.inference import pad_to_patch, predict_labels
+from ..method.model import SegUnifyModel
 from .datasets import (
     EvalSample,
     centre_crop_resize,
@@ -26,13 +29,10 @@ from .datasets import (
     potsdam_root,
     read_label_raster,
 )
-from .errors import SegUnifyError
-from .inference import pad_to_patch, predict_labels
 from .metrics import Scores, confusion_matrix, hungarian_scores
-from .model import SegUnifyModel
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 DEFAULT_RESOLUTION = settings.EVAL_RESOLUTION  # SegUnify's; STEGO/HP/PriMaPs use 320
 POTSDAM_VAL_SPLIT = "val"  # the split --val uses on a Potsdam folder (a fixed subset of labelled_train)
@@ -54,7 +54,7 @@ def _folder_samples(root: Path, bands) -> tuple[Iterable[EvalSample], int]:
 
 
 def _file_digest(path: Path) -> str:
-    from .manifest import file_sha256
+    from ..files.manifest import file_sha256
 
     return "sha256:" + file_sha256(path)[:20]
 
@@ -194,7 +194,7 @@ class Validator:
 
     def __init__(self, data: ValidationData, backbone, backbone_weights: str | None, cache_dir: Path,
                  device: torch.device, progress: Callable[[int, int], None] | None = None):
-        from .features import build_cache
+        from .feature_cache import build_cache
 
         self.data, self.device = data, device
         resolution = int(data.description["resolution"])

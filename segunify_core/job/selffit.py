@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import settings
-from .backbone import Backbone
-from .errors import SegUnifyError
-from .features import build_cache
-from .legend import cluster_shares
-from .model import SegUnifyModel
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.raster_io import RasterReader, ground_sampling_distance
+from ..method.backbone import Backbone
+from ..method.legend import cluster_shares
+from ..method.model import SegUnifyModel
+from ..training.feature_cache import build_cache
+from ..training.trainer import TrainConfig, Trainer, new_model
 from .planning import RasterJob
-from .raster_io import RasterReader, ground_sampling_distance
 from .tiling import Tile
-from .training import TrainConfig, Trainer, new_model
 from .windows import TileSource
 
 
