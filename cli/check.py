@@ -37,8 +37,8 @@ def environment_report() -> dict:
     import torch
 
     import segunify_core
-    from segunify_core.method.backbone import BACKBONES, DEFAULT_BACKBONE, weights_cached
     from segunify_core.method.crf import pydensecrf_available
+    from segunify_core.method.registry import BACKBONES, DEFAULT_BACKBONE, weights_cached
 
     device, gpu, bf16 = _device()
     cached = {name: weights_cached(name) for name in BACKBONES}

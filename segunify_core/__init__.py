@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BACKBONES": "method.backbone", "create_backbone": "method.backbone",
+    "BACKBONES": "method.registry", "create_backbone": "method.backbone",
     "make_crf": "method.crf",
     "SegUnifyError": "errors",
     "evaluate": "training.evaluation",
@@ -40,9 +40,10 @@ if TYPE_CHECKING:
     from .errors import SegUnifyError
     from .files.vectorize import vectorize
     from .job.segment import SegmentOptions, SelfFitOptions, segment, segment_raster
-    from .method.backbone import BACKBONES, create_backbone
+    from .method.backbone import create_backbone
     from .method.crf import make_crf
     from .method.legend import Legend, rewrite_model_legend
     from .method.model import ModelConfig, SegUnifyModel, load_model, save_model
+    from .method.registry import BACKBONES
     from .training.evaluation import evaluate
     from .training.trainer import TrainConfig, train

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.method.backbone import BACKBONES, create_backbone, resolve_backbone
+from segunify_core.method.backbone import create_backbone
+from segunify_core.method.registry import BACKBONES, resolve_backbone
 from tests.helpers import exploit_pickle_in_dict
 
 
@@ -155,7 +156,7 @@ def test_fused_graph_matches_eager_and_never_depends_on_earlier_batches(referenc
     """The fused graph gives eager's features in float32 for batches of any size (run in chunks
     of FUSED_BATCH windows, the last one padded), and a window's features are bit for bit the same
     whatever ran before it: the first call after building, after a larger batch, after a smaller."""
-    from segunify_core.method.backbone import FUSED_BATCH
+    from segunify_core.method.fused import FUSED_BATCH
 
     model, x, _ = reference
     eager = model.with_settings(precision="fp32", fuse=False)(x)

@@ -134,16 +134,16 @@ def other_weights(tmp_path):
 @pytest.fixture
 def offline(monkeypatch):
     """No hub downloads: a load that falls back to the hub fails, as it does without internet."""
-    import segunify_core.method.backbone as backbone_module
+    import segunify_core.method.registry as registry
 
-    create = backbone_module._create_timm
+    create = registry.create_timm
 
     def no_download(name, pretrained):
         if pretrained:
             raise SegUnifyError("no internet in this test")
         return create(name, pretrained)
 
-    monkeypatch.setattr(backbone_module, "_create_timm", no_download)
+    monkeypatch.setattr(registry, "create_timm", no_download)
 
 
 def test_model_records_its_backbone_weights_file(saved, tiny_weights):

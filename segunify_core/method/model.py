@@ -22,10 +22,12 @@ from torch import nn
 from .. import settings
 from ..errors import SegUnifyError, write_failure
 from ..files.atomic import atomic_path
-from .backbone import BACKBONES, DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
+from .backbone import Backbone, create_backbone
+from .checkpoints import WeightsFile
 from .compressor import Compressor
 from .labeler import Labeler
 from .legend import Legend
+from .registry import BACKBONES, DEFAULT_BACKBONE
 
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
