@@ -22,7 +22,7 @@ from common import REPO, generated_raster, random_checkpoint, report
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from segunify_core.method.model import load_model
+from segunify_core.files.model_file import load_model
 from segunify_core.job.segment import SegmentOptions, segment_raster
 model = load_model({model!r}, backbone_weights={weights!r})
 start = time.perf_counter()

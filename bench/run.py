@@ -147,10 +147,10 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     One backbone serves both; its one-off start (graph build, first allocations) is taken by a
     first call and reported as warmup_s. The two are then timed in turn, best of `repeat` each.
     """
+    from segunify_core.files.model_file import load_model
     from segunify_core.job.segment import SegmentOptions, segment_raster
     from segunify_core.job.tiling import WindowPlan
     from segunify_core.job.windows import grid_phase
-    from segunify_core.method.model import load_model
     from segunify_core.training.trainer import TrainConfig, train
 
     weights = random_checkpoint("vit_small_patch8_224.dino", tmp)
@@ -193,7 +193,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
 from segunify_core.method.backbone import reuse_freed_memory
-from segunify_core.method.model import load_model
+from segunify_core.files.model_file import load_model
 from segunify_core.job.segment import SegmentOptions, segment_raster
 reuse_freed_memory()  # as the CLI does
 model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})

@@ -38,8 +38,9 @@ def _peak_rss_mb() -> float:
 def _model(tmp: Path):
     import torch
 
+    from segunify_core.files.model_file import save_model
     from segunify_core.method.backbone import create_backbone
-    from segunify_core.method.model import ModelConfig, SegUnifyModel, save_model
+    from segunify_core.method.model import ModelConfig, SegUnifyModel
 
     weights = random_checkpoint(BACKBONE, tmp)
     backbone = create_backbone(BACKBONE, weights)

@@ -9,8 +9,9 @@ import click
 import torch
 
 from segunify_core.device import resolve_device
+from segunify_core.files.model_file import load_model
 from segunify_core.method.backbone import Backbone, choose_precision, create_backbone
-from segunify_core.method.model import SegUnifyModel, load_model
+from segunify_core.method.model import SegUnifyModel
 
 
 @overload

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from segunify_core import settings
+from segunify_core.files.model_file import save_model
 from segunify_core.files.raster_io import parse_bands
 from segunify_core.job.planning import DEFAULT_BLOCK
 from segunify_core.job.segment import SegmentOptions, SelfFitOptions, segment_raster
 from segunify_core.method.crf import make_crf
-from segunify_core.method.model import save_model
 
 from .common import prepare
 from .options import (

@@ -16,8 +16,8 @@ _EXPORTS = {
     "make_crf": "method.crf",
     "SegUnifyError": "errors",
     "evaluate": "training.evaluation",
-    "Legend": "method.legend", "rewrite_model_legend": "method.legend",
-    "ModelConfig": "method.model", "SegUnifyModel": "method.model", "load_model": "method.model", "save_model": "method.model",
+    "Legend": "method.legend", "rewrite_model_legend": "files.model_file",
+    "ModelConfig": "method.model", "SegUnifyModel": "method.model", "load_model": "files.model_file", "save_model": "files.model_file",
     "SegmentOptions": "job.segment", "SelfFitOptions": "job.segment", "segment_raster": "job.segment", "segment": "job.segment",
     "TrainConfig": "training.trainer", "train": "training.trainer",
     "vectorize": "files.vectorize",
@@ -38,12 +38,13 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from .errors import SegUnifyError
+    from .files.model_file import load_model, rewrite_model_legend, save_model
     from .files.vectorize import vectorize
     from .job.segment import SegmentOptions, SelfFitOptions, segment, segment_raster
     from .method.backbone import create_backbone
     from .method.crf import make_crf
-    from .method.legend import Legend, rewrite_model_legend
-    from .method.model import ModelConfig, SegUnifyModel, load_model, save_model
+    from .method.legend import Legend
+    from .method.model import ModelConfig, SegUnifyModel
     from .method.registry import BACKBONES
     from .training.evaluation import evaluate
     from .training.trainer import TrainConfig, train

@@ -47,7 +47,7 @@ def scene_tif(tmp_path) -> tuple[Path, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_backbone):
     """A 3-class model of the tiny ViT trained on a generated scene (GSD 0.5 m)."""
-    from segunify_core.method.model import load_model
+    from segunify_core.files.model_file import load_model
     from segunify_core.training.trainer import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("model")

@@ -12,8 +12,9 @@ import rasterio
 import torch
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.method.legend import Legend, class_colours, parse_edits, rewrite_model_legend
-from segunify_core.method.model import ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.files.model_file import load_model, read_model_file, rewrite_model_legend, save_model, write_safetensors
+from segunify_core.method.legend import Legend, class_colours, parse_edits
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from segunify_core.synthetic import make_scene, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]

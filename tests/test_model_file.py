@@ -7,15 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.method.model import (
-    FORMAT_VERSION,
-    ModelConfig,
-    SegUnifyModel,
-    load_model,
-    read_model_file,
-    save_model,
-    write_safetensors,
-)
+from segunify_core.files.model_file import FORMAT_VERSION, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from tests.helpers import exploit_pickle
 
 
@@ -148,7 +141,7 @@ def offline(monkeypatch):
 
 def test_model_records_its_backbone_weights_file(saved, tiny_weights):
     from segunify_core.files.manifest import file_sha256
-    from segunify_core.method.model import read_model_file
+    from segunify_core.files.model_file import read_model_file
 
     meta, _ = read_model_file(saved[1])
     assert meta["backbone_weights"] == {"path": str(tiny_weights.resolve()), "sha256": file_sha256(tiny_weights)}
@@ -200,8 +193,8 @@ def test_weights_may_point_to_a_copy_elsewhere(saved, tiny_weights, tmp_path, of
 
 
 def test_models_without_a_recorded_file_behave_as_before(tmp_path):
+    from segunify_core.files.model_file import read_model_file
     from segunify_core.method.backbone import create_backbone
-    from segunify_core.method.model import read_model_file
 
     backbone = create_backbone("vit_tiny_patch16_224", pretrained=False)
     cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=2, feature_dim=192, patch_size=16)
@@ -226,7 +219,7 @@ def test_format_checks_fire_under_python_O(tmp_path):
               metadata={"segunify": json.dumps({"format": "segunify-model", "step": 3})})
     code = f"""
 from segunify_core.errors import SegUnifyError
-from segunify_core.method.model import read_model_file
+from segunify_core.files.model_file import read_model_file
 from segunify_core.training.trainer import Trainer
 assert False, "this interpreter must run with -O"
 for name, check in (("model", lambda: read_model_file({str(model_like)!r})),

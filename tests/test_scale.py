@@ -16,10 +16,10 @@ import pytest
 import rasterio
 import torch
 
+from segunify_core.files.model_file import load_model
 from segunify_core.job.parts import RunSpec, run_part
 from segunify_core.job.planning import Geometry, parts_from_json, parts_to_json, plan
 from segunify_core.job.segment import SegmentOptions, segment, segment_raster
-from segunify_core.method.model import load_model
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.conftest import TINY_VIT
 

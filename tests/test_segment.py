@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from segunify_core.files.model_file import load_model
 from segunify_core.job.segment import SegmentOptions, segment_raster
 from segunify_core.job.tiling import WindowPlan
-from segunify_core.method.model import load_model
 from segunify_core.synthetic import make_blobs, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segunify_core.method.model import load_model
+from segunify_core.files.model_file import load_model
 from segunify_core.training.datasets import plan_windows
 from segunify_core.training.trainer import TrainConfig, learning_rate, state_path, train
 

@@ -15,10 +15,11 @@ import torch
 from click.testing import CliRunner
 
 from segunify_core.errors import SegUnifyError
+from segunify_core.files.model_file import load_model
 from segunify_core.method.compressor import Compressor, dropout2d_mask
 from segunify_core.method.labeler import Labeler
 from segunify_core.method.losses import energy, move_fixed_points, reference_pairing, smoothness
-from segunify_core.method.model import ModelConfig, SegUnifyModel, load_model
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.training.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
 from segunify_core.training.evaluation import evaluate

@@ -12,10 +12,10 @@ from xml.sax.saxutils import escape
 
 from .. import settings
 from ..files.atomic import atomic_path
-from ..files.outputs import copy_raster, probability_storage
+from ..files.outputs import copy_raster, probability_storage, write_class_style
 from ..files.preview import write_preview_png
 from ..files.raster_io import RasterReader
-from ..method.legend import Legend, write_class_style
+from ..method.legend import Legend
 from .parts import part_files
 from .planning import Part, RasterJob
 

@@ -101,9 +101,9 @@ def worker_model(spec: RunSpec):
 @functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
 def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
                        precision: str, fuse: bool | str, crf: str):
+    from ..files.model_file import load_model
     from ..method.backbone import choose_precision
     from ..method.crf import make_crf
-    from ..method.model import load_model
 
     device = torch.device(device_name)
     model = load_model(model_file, backbone_weights=backbone_weights,

@@ -26,9 +26,10 @@ from .. import settings
 from ..device import resolve_device  # noqa: F401 - re-exported for callers of the old module
 from ..errors import SegUnifyError
 from ..files.manifest import Manifest, file_sha256
+from ..files.model_file import load_model, save_model
 from ..files.raster_io import open_raster
 from ..method.backbone import Backbone
-from ..method.model import SegUnifyModel, load_model, save_model
+from ..method.model import SegUnifyModel
 from .assembly import assemble
 from .engines import as_client, run_parts
 from .parts import RunSpec, gdal_env, part_files

@@ -20,10 +20,9 @@ from .. import settings
 from ..errors import SegUnifyError
 from ..files.raster_io import RasterReader, ground_sampling_distance
 from ..method.backbone import Backbone
-from ..method.legend import cluster_shares
 from ..method.model import SegUnifyModel
 from ..training.feature_cache import build_cache
-from ..training.trainer import TrainConfig, Trainer, new_model
+from ..training.trainer import TrainConfig, Trainer, cluster_shares, new_model
 from .planning import RasterJob
 from .tiling import Tile
 from .windows import TileSource

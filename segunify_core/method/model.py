@@ -1,18 +1,13 @@
-"""The SegUnify model (backbone + Compressor + Labeler), its inference, and its model file.
+"""The SegUnify model (backbone + Compressor + Labeler) and its configuration.
 
-A model file is one safetensors file: the Compressor and Labeler tensors, and JSON metadata
-(format version, backbone, hyper-parameters, bands, GSD, training data summary). The backbone is
-not stored: it is frozen and named, and comes from timm's hub or a local checkpoint. A model
-trained on a local checkpoint records its path and SHA-256 ("backbone_weights"); loading uses
-that file when no other is given, and refuses weights with another hash.
+Reading and writing model files is `files.model_file`'s; codes and probabilities of windows
+(flip averaging included) are `inference`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,21 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import settings
-from ..errors import SegUnifyError, write_failure
-from ..files.atomic import atomic_path
-from .backbone import Backbone, create_backbone
-from .checkpoints import WeightsFile
+from .backbone import Backbone
 from .compressor import Compressor
 from .labeler import Labeler
 from .legend import Legend
 from .registry import BACKBONES, DEFAULT_BACKBONE
 
-FORMAT_NAME = "segunify-model"
-FORMAT_VERSION = 1
-WEIGHTS_KEY = "backbone_weights"  # metadata: {"path", "sha256"} of the local backbone checkpoint
 LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
-# Config keys renamed since files were first written: old key -> current field (read, never written).
-RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
 
 
 @dataclasses.dataclass
@@ -129,140 +116,3 @@ class SegUnifyModel(nn.Module):
     def log_probs(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
         """Per-pixel log-probabilities (B, K, H, W) from the global prototypes."""
         return self.log_probs_from_code(self.code(rgb, flip), rgb.shape[-2:])
-
-
-def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write the model atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "config": dataclasses.asdict(model.config),
-        **model.metadata,
-        **(extra or {}),
-    }
-    if model.backbone is not None and model.backbone.weights is not None:
-        meta[WEIGHTS_KEY] = model.backbone.weights.to_metadata()
-    if model.legend.to_metadata() is not None:
-        meta["legend"] = model.legend.to_metadata()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
-    write_safetensors(path, tensors, meta)
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Tensors + JSON metadata, written atomically: a crash, a full disk or Ctrl-C never leaves a
-    half-written file at `path`."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SegUnifyError(f"Cannot write '{path.name}' to '{path.parent}' ({exc.strerror}); choose a writable "
-                            "folder.") from None
-    with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata={"segunify": json.dumps(meta)})
-        except Exception as exc:  # safetensors reports a full disk in its own error type
-            raise write_failure(path, exc) from None
-
-
-def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a model file; never unpickles."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise SegUnifyError(f"Model file '{path}' does not exist; check the model file (--model).")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception:
-        raise SegUnifyError(f"'{path}' is not a SegUnify model file (not a readable safetensors "
-                            "file, or truncated); pass a model written by `segunify train`.") from None
-    not_a_model = SegUnifyError(f"'{path}' is a safetensors file but not a SegUnify model; pass a model "
-                                "written by `segunify train`.")
-    try:
-        meta = json.loads(header["segunify"])
-        version = int(meta["format_version"])
-    except (KeyError, TypeError, ValueError):
-        raise not_a_model from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or not isinstance(meta.get("config"), dict):
-        raise not_a_model
-    recorded = meta.get(WEIGHTS_KEY)
-    if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)
-                                     and isinstance(recorded.get("sha256"), str)):
-        raise SegUnifyError(f"Model file '{path}' has a damaged backbone weights record; retrain or copy it again.")
-    if version > FORMAT_VERSION:
-        raise SegUnifyError(f"Model file '{path}' has format version {version}, newer than this "
-                            f"SegUnify reads ({FORMAT_VERSION}); upgrade SegUnify.")
-    return meta, tensors
-
-
-def recorded_weights(meta: dict[str, Any]) -> WeightsFile | None:
-    """The local backbone checkpoint a model file records (None: hub or unrecorded weights)."""
-    record = meta.get(WEIGHTS_KEY)
-    return WeightsFile(record["path"], record["sha256"]) if record else None
-
-
-def _backbone_weights(path: Path, recorded: WeightsFile | None, given: str | Path | None,
-                      pretrained: bool) -> str | Path | None:
-    """The checkpoint to load: the one given, else (pretrained) the one the model records."""
-    if given is not None or recorded is None or not pretrained:
-        return given
-    if not Path(recorded.path).is_file():
-        raise SegUnifyError(f"Model '{path}' was trained with the backbone weights '{recorded.path}', which are not "
-                            "there; point the backbone weights (--backbone-weights) to a copy of that file.")
-    return recorded.path
-
-
-def check_weights(path: str | Path, recorded: WeightsFile | None, used: WeightsFile | None) -> None:
-    """Refuse a local checkpoint other than the one the model was trained with (by SHA-256)."""
-    if recorded is not None and used is not None and used.sha256 != recorded.sha256:
-        raise SegUnifyError(
-            f"The backbone weights (--backbone-weights) '{used.path}' are not the file model '{path}' was trained "
-            f"with (SHA-256 {used.sha256[:12]}… instead of {recorded.sha256[:12]}…); pass that file "
-            f"('{recorded.path}') or a copy of it.")
-
-
-def model_config(stored: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig of a model file's "config" metadata, older key names included."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    renamed = {RENAMED_CONFIG_KEYS.get(k, k): v for k, v in stored.items()}
-    return ModelConfig(**{k: v for k, v in renamed.items() if k in fields})
-
-
-def load_model(path: str | Path, backbone_weights: str | Path | None = None,
-               backbone: Backbone | None = None, pretrained: bool = True, precision: str = "fp32",
-               fuse: bool | str = "auto") -> SegUnifyModel:
-    """Load a model file and attach its backbone: the one given, or one built (with `precision`
-    and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.
-    Weights whose SHA-256 differs from the recorded checkpoint's are refused."""
-    meta, tensors = read_model_file(path)
-    config = model_config(meta["config"])
-    recorded = recorded_weights(meta)
-    if backbone is None:
-        weights = _backbone_weights(Path(path), recorded, backbone_weights, pretrained)
-        backbone = create_backbone(config.backbone, weights, pretrained=pretrained, precision=precision, fuse=fuse)
-    check_weights(path, recorded, backbone.weights)  # after loading: weights of another shape say so first
-    if backbone.feature_dim != config.feature_dim or backbone.patch_size != config.patch_size:
-        raise SegUnifyError(
-            f"Model '{path}' was trained on backbone '{config.backbone}' ({config.feature_dim} feature "
-            f"channels, patch {config.patch_size}) but the backbone given has {backbone.feature_dim}, patch "
-            f"{backbone.patch_size}; choose that backbone's weights file (--backbone-weights)."
-        )
-    model = SegUnifyModel(config, backbone)
-    try:
-        model.load_state_dict({f"{k}": v for k, v in tensors.items()}, strict=False)
-        missing = [k for k in model.head_state() if k not in tensors]
-        if missing:
-            raise RuntimeError(f"missing {missing[:3]}")
-    except RuntimeError:
-        raise SegUnifyError(f"Model file '{path}' is damaged (its tensors do not match its "
-                            "configuration); retrain or copy it again.") from None
-    model.metadata = {k: v for k, v in meta.items()
-                      if k not in ("format", "format_version", "config", "legend", WEIGHTS_KEY)}
-    model.legend = Legend.from_metadata(meta.get("legend"), config.n_clusters)
-    return model.eval()

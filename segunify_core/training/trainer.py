@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import statistics
 from collections.abc import Callable, Sequence
@@ -23,11 +22,11 @@ import torch
 
 from .. import settings
 from ..errors import SegUnifyError
+from ..files.model_file import read_json_metadata, save_model, write_safetensors
 from ..method.backbone import Backbone, create_backbone
 from ..method.compressor import DROPOUT_MASKS
-from ..method.legend import cluster_shares
 from ..method.losses import PAIRINGS, energy
-from ..method.model import HeadConfig, ModelConfig, SegUnifyModel, save_model, write_safetensors
+from ..method.model import HeadConfig, ModelConfig, SegUnifyModel
 from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
 from .feature_cache import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 
@@ -227,15 +226,10 @@ class Trainer:
         write_safetensors(path, tensors, meta)
 
     def load_state(self, path: Path) -> dict[str, Any]:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
                                 "and train without resuming (--resume).")
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {})["segunify"])
-            tensors = load_file(str(path))
+            meta, tensors = read_json_metadata(path)
         except Exception:  # unreadable safetensors, no or broken JSON metadata
             raise damaged from None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
@@ -267,6 +261,24 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(config.seed)
         return SegUnifyModel(model_config)
+
+
+@torch.no_grad()
+def cluster_shares(model: SegUnifyModel, cache: FeatureCache, batch_size: int = 32) -> list[float]:
+    """Share of the cached training windows' patches that the global prototypes give each cluster
+    (the first view of every window; the Compressor in evaluation mode, as at inference)."""
+    was_training = model.compressor.training
+    model.compressor.eval()
+    counts = torch.zeros(model.config.n_clusters, dtype=torch.float64)
+    try:
+        for start in range(0, len(cache), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(cache)))
+            code = model.compressor(cache.batch(idx, torch.zeros_like(idx)))
+            labels = model.labeler.teacher_logits(code).argmax(1)
+            counts += torch.bincount(labels.flatten(), minlength=counts.numel()).double()
+    finally:
+        model.compressor.train(was_training)
+    return (counts / counts.sum().clamp_min(1)).tolist()
 
 
 def state_path(model_path: Path) -> Path:
