@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
 from segunify_core.files.model_file import FORMAT_VERSION, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.method.inference import window_log_probs
 from segunify_core.method.model import ModelConfig, SegUnifyModel
 from tests.helpers import exploit_pickle
 
@@ -35,7 +36,7 @@ def test_round_trip(saved, tiny_backbone):
     assert loaded.metadata["training"]["data"]["images"] == 1
     x = torch.rand(1, 3, 64, 64) * 255
     model.eval()
-    assert torch.allclose(loaded.log_probs(x), model.log_probs(x))
+    assert torch.allclose(window_log_probs(loaded, x), window_log_probs(model, x))
 
 
 def test_metadata_is_plain_json(saved):

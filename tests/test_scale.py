@@ -79,8 +79,10 @@ class _WindowNoiseModel(torch.nn.Module):
         self.config = type("C", (), {"n_clusters": k, "patch_size": 16, "bands": None, "gsd": None})()
         self.n_classes = k
 
-    def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
-        return rgb
+    attached_backbone = torch.nn.Identity()  # features = codes = the RGB itself
+
+    def compress(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
     def log_probs_from_code(self, code: torch.Tensor, size) -> torch.Tensor:
         out = []

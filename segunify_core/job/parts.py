@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -28,6 +27,7 @@ from ..files.atomic import atomic_path
 from ..files.manifest import file_sha256
 from ..files.outputs import creation_options, encode_probabilities, probability_storage, read_back
 from ..files.raster_io import RasterReader
+from ..method.inference import window_log_probs
 from ..method.model import SegUnifyModel
 from .blending import Blender
 from .planning import Part
@@ -155,17 +155,12 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = 
                 probs = None
                 if keep:
                     rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
-                    log_probs = model.log_probs_from_code(model.code(rgb, spec.flip), rgb.shape[-2:])
+                    log_probs = window_log_probs(model, rgb, spec.flip)
                     probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
                 final = blender.top
                 for i, tile in enumerate(batch):
                     if probs is not None and i in keep:
-                        j = keep.index(i)
-                        mh, mw = source.model_shape(tile)
-                        p = probs[j:j + 1, :, :mh, :mw]
-                        if (mh, mw) != (tile.height, tile.width):
-                            p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear", align_corners=False)
-                        final = blender.add(tile, p[0].float().cpu().numpy())
+                        final = blender.add(tile, source.to_source_px(tile, probs[keep.index(i)]))
                     else:  # nothing valid: not blended, but its row may still close
                         final = blender.final_row(tile)
                     for row, rows_probs, covered in blender.strips(final, strip):

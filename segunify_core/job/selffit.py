@@ -81,7 +81,7 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
     first_raster, first_tile = windows[0]
     with RasterReader.open(first_raster.input, first_raster.bands, first_raster.stats) as reader:
         size = TileSource(reader, first_raster.window_plan(), first_raster.model_window, first_raster.scale,
-                          first_raster.patch).input_size(first_tile)
+                          first_raster.patch).model_input_px(first_tile)
         gsd = ground_sampling_distance(reader.ds)
         bands = list(reader.bands)
     folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))

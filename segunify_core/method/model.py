@@ -78,15 +78,6 @@ class SegUnifyModel(nn.Module):
             raise RuntimeError("model has no backbone attached")
         return self.backbone
 
-    @torch.inference_mode()
-    def code(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
-        """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
-        if not flip:
-            return self.compress(self.attached_backbone(rgb))
-        # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
-        feats, mirrored = self.attached_backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
-        return (self.compress(feats) + self.compress(mirrored).flip(-1)) / 2.0
-
     def compress(self, features: torch.Tensor) -> torch.Tensor:
         """The Compressor at inference, with results independent of the thread count: oneDNN's 1x1
         convolutions split their sums by threads, so a part on a 1-thread Dask worker would differ
@@ -111,8 +102,3 @@ class SegUnifyModel(nn.Module):
         if not self.legend.is_identity:  # merged clusters: their probabilities add up
             log_probs = torch.log(log_probs.exp() @ self.legend.merge_matrix(log_probs.device, log_probs.dtype))
         return log_probs.permute(0, 3, 1, 2).contiguous()
-
-    @torch.inference_mode()
-    def log_probs(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
-        """Per-pixel log-probabilities (B, K, H, W) from the global prototypes."""
-        return self.log_probs_from_code(self.code(rgb, flip), rgb.shape[-2:])

@@ -15,7 +15,7 @@ import torch
 
 from .. import settings
 from ..errors import SegUnifyError
-from ..method.inference import pad_to_patch, predict_labels
+from ..method.inference import codes_from_features, pad_to_patch, predict_labels
 from ..method.model import SegUnifyModel
 from .datasets import (
     EvalSample,
@@ -229,7 +229,7 @@ class Validator:
             for start in range(0, len(self.cache), batch_size):
                 stop = min(len(self.cache), start + batch_size)
                 feats = torch.from_numpy(self.cache.features[start:stop].astype(np.float32)).to(self.device)
-                code = (model.compress(feats[:, 0]) + model.compress(feats[:, 1]).flip(-1)) / 2.0
+                code = codes_from_features(model, feats)
                 log_probs = model.log_probs_from_code(code, (self.size, self.size))
                 pred = log_probs[..., :resolution, :resolution].argmax(1).cpu().numpy()
                 for k, p in zip(range(start, stop), pred, strict=True):

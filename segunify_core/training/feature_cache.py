@@ -23,6 +23,7 @@ import torch
 from ..errors import SegUnifyError
 from ..files.atomic import atomic_path
 from ..method.backbone import Backbone
+from ..method.inference import window_features
 from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
 
 CACHE_FORMAT = 1
@@ -123,10 +124,7 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
                 break
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
-            if flip:  # windows and mirrors in one backbone call
-                feats = torch.stack(backbone(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
-            else:
-                feats = backbone(x)[:, None]
+            feats = window_features(backbone, x, flip)
             store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
             if progress:
                 progress(start + len(chunk), count)
@@ -163,10 +161,7 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                 x = torch.stack([torch.from_numpy(np.ascontiguousarray(reader(k))) for k in chunk])
                 x = x.to(torch.device(backbone[3]))
                 with torch.inference_mode():
-                    if flip:
-                        feats = torch.stack(model(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
-                    else:
-                        feats = model(x)[:, None]
+                    feats = window_features(model, x, flip)
                 if store is None:
                     store = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(windows), *feats.shape[1:]))
                 store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
