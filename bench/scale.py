@@ -123,9 +123,9 @@ def _same_labels(a: Path, b: Path) -> bool:
 
 def cold_start(tmp: Path) -> None:
     """First part on a fresh worker against a later part of the same size."""
-    from segunify_core.job.engines import run_part_task
     from segunify_core.job.parts import RunSpec
     from segunify_core.job.planning import Geometry, plan
+    from segunify_core.job.worker import run_part_task
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / "cold.tif", 1024)

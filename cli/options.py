@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -93,15 +93,15 @@ def run_options(func: Callable) -> Callable:
     return crf_option(flip_option(device_options(func)))
 
 
-class Progress:
-    """Progress as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
+class ProgressDisplay:
+    """The core's Progress (segunify_core.progress) shown as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
 
     def __init__(self, mode: str):
         self.mode = mode
         self.bars: dict[str, Any] = {}  # tqdm bars by phase
         self.last: dict[str, int] = {}  # last percentage printed by phase
 
-    def __call__(self, phase: str, done: int, total: int, stats: dict | None = None) -> None:
+    def __call__(self, phase: str, done: int, total: int, stats: Mapping[str, float] | None = None) -> None:
         if self.mode == "json":
             pct = int(100 * done / max(total, 1))
             if self.last.get(phase) != pct or done == total:
@@ -126,9 +126,9 @@ class Progress:
             bar.close()
 
 
-def progress_for(ctx: click.Context, quiet: bool) -> Progress:
+def progress_for(ctx: click.Context, quiet: bool) -> ProgressDisplay:
     mode = ctx.obj.get("progress", "bar") if ctx.obj else "bar"
-    return Progress("none" if quiet and mode == "bar" else mode)
+    return ProgressDisplay("none" if quiet and mode == "bar" else mode)
 
 
 def _raise_interrupt(signum, frame):
@@ -144,7 +144,7 @@ def guarded(func: Callable) -> Callable:
         ctx = click.get_current_context()
         debug = bool(ctx.obj and ctx.obj.get("debug"))
         json_mode = bool(ctx.obj and ctx.obj.get("progress") == "json")
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # restored when the command returns
 
         def fail(message: str, code: int) -> None:
             if json_mode:
@@ -173,6 +173,8 @@ def guarded(func: Callable) -> Callable:
             if debug:
                 traceback.print_exc()
             fail(f"Unexpected {type(exc).__name__}: {exc}; rerun with --debug for the traceback.", 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

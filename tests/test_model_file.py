@@ -150,8 +150,8 @@ def test_model_records_its_backbone_weights_file(saved, tiny_weights):
 
 def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offline, tmp_path):
     """tile-segment, evaluate and batch load through load_model; Dask workers through worker_model."""
-    from segunify_core.job.engines import worker_model
     from segunify_core.job.parts import RunSpec
+    from segunify_core.job.worker import worker_model
 
     _, path = saved
     x = torch.rand(1, 3, 64, 64) * 255

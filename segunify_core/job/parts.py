@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from ..files.outputs import creation_options, encode_probabilities, probability_
 from ..files.raster_io import RasterReader
 from ..method.inference import window_log_probs
 from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .blending import Blender
 from .planning import Part
 from .windows import TileSource
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 GDAL_CACHE_MB = 128
 WRITE_STRIP_VALUES = 1 << 22  # probabilities written at a time: glibc serves them from its reusable heap
 PART_BLOCK = 256  # tile side inside part files
-
-Progress = Callable[[int], None]  # windows just finished
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ class RunSpec:
 
 def gdal_env() -> rasterio.Env:
     # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax, which takes bytes, not megabytes.
-    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
+    cache = {} if settings.environment().gdal_cachemax is not None else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
     return rasterio.Env(**cache)
 
 
@@ -136,7 +134,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
 @torch.inference_mode()
 def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = None,
              progress: Progress | None = None) -> dict[str, str]:
-    """Compute one part and write its files atomically; returns {file kind: SHA-256}."""
+    """Compute one part and write its files atomically; returns {file kind: SHA-256}. Progress:
+    ("segment", windows of this part done, the part's windows)."""
     raster = part.raster
     plan = raster.window_plan()
     device = torch.device(spec.device)
@@ -149,6 +148,7 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = 
         strip = max(1, WRITE_STRIP_VALUES // (n * blender.width))
         with contextlib.ExitStack() as stack:
             writer = _PartWriter(stack, reader, part, files, n, spec.probabilities_dtype)
+            done = 0
             for batch in _batches(tiles, spec.batch_size):
                 reads = [source.read(t) for t in batch]
                 keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
@@ -165,7 +165,8 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = 
                         final = blender.final_row(tile)
                     for row, rows_probs, covered in blender.strips(final, strip):
                         writer.write(row, blender.col0, rows_probs, covered)
+                done += len(batch)
                 if progress:
-                    progress(len(batch))
+                    progress("segment", done, len(tiles))
             writer.finish()
     return {kind: file_sha256(path) for kind, path in files.items()}

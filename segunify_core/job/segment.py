@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from ..files.model_file import load_model, save_model
 from ..files.raster_io import open_raster
 from ..method.backbone import Backbone
 from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .assembly import assemble
 from .engines import as_client, run_parts
 from .parts import RunSpec, gdal_env, part_files
@@ -43,7 +44,6 @@ log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"
 JOB_MODEL = "model.safetensors"
 
-Progress = Callable[[str, int, int], None]
 __all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster",
            "resolve_device"]
 
@@ -288,12 +288,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     if reused:
         log.info("resuming: %d of %d parts are already done", reused, len(parts))
     total = sum(len(p.tiles()) for p in parts)
-    done = [total - sum(len(p.tiles()) for p in todo)]
-
-    def windows_done(count: int) -> None:
-        done[0] += count
-        if progress:
-            progress("segment", done[0], total)
+    done = total - sum(len(p.tiles()) for p in todo)
 
     errors: dict[int, str] = {}
     computed: list[str] = []
@@ -315,7 +310,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     clock = time.perf_counter()
     for index in [i for i, left in waiting.items() if not left]:  # every part reused
         finish(index)
-    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, windows_done):
+    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, progress, done, total):
         index = part.raster.index
         if exc is not None:
             if not keep_going:

@@ -27,11 +27,11 @@ def onednn_fusion() -> Iterator[None]:
     flag whenever it (re)optimises a graph, so it is set around ours and then restored. Not for
     concurrent threads: a process runs one backbone call at a time (one part per Dask worker process)."""
     before = torch.jit.onednn_fusion_enabled()
-    torch.jit.enableonednn_fusion(True)
+    torch.jit.enable_onednn_fusion(True)
     try:
         yield
     finally:
-        torch.jit.enableonednn_fusion(before)
+        torch.jit.enable_onednn_fusion(before)
 
 
 class FusedGraph:

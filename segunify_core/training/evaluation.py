@@ -17,6 +17,7 @@ from .. import settings
 from ..errors import SegUnifyError
 from ..method.inference import codes_from_features, pad_to_patch, predict_labels
 from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .datasets import (
     EvalSample,
     centre_crop_resize,
@@ -89,7 +90,7 @@ def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
 def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_SPLIT,
              resolution: int = DEFAULT_RESOLUTION, crf: CRF | None = None, flip: bool = settings.FLIP,
              batch_size: int = settings.EVAL_BATCH_SIZE, device: str = "cpu",
-             progress: Callable[[int], None] | None = None) -> tuple[Scores, dict]:
+             progress: Progress | None = None) -> tuple[Scores, dict]:
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
     Refuses (SegUnifyError) test data the model says it validated on."""
@@ -118,8 +119,8 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_
         for s, p in zip(batch, pred, strict=True):
             confusion += confusion_matrix(p, s.labels, n_clusters, n_classes)
         count += len(batch)
-        if progress:
-            progress(len(batch))
+        if progress:  # the number of images is not known ahead
+            progress("evaluate", count, count)
 
     batch: list[EvalSample] = []
     for sample in samples:
@@ -193,7 +194,7 @@ class Validator:
     argmax (no CRF), one confusion matrix and one Hungarian assignment, like `evaluate`."""
 
     def __init__(self, data: ValidationData, backbone, backbone_weights: str | None, cache_dir: Path,
-                 device: torch.device, progress: Callable[[int, int], None] | None = None):
+                 device: torch.device, progress: Progress | None = None):
         from .feature_cache import build_cache
 
         self.data, self.device = data, device
@@ -214,7 +215,7 @@ class Validator:
             "precision": backbone.precision}, sort_keys=True).encode()).hexdigest()[:24]
         folder = Path(cache_dir) / f"val-{key}"
         self.cache = build_cache(folder, data.count, read, self.size, backbone, flip=True, device=device,
-                                 progress=progress)
+                                 progress=progress, phase="validation features")
         if len(labels) != data.count:  # the features came from an earlier run: read the labels only
             labels = [data.load(k).labels.astype(np.int16) for k in range(data.count)]
         self.labels = labels

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,17 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import settings
 from ..errors import SegUnifyError
 from ..files.atomic import atomic_path
 from ..method.backbone import Backbone
 from ..method.inference import window_features
+from ..progress import Progress
 from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
 
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("SEGUNIFY_CACHE")
+    env = settings.environment().cache_dir
     base = Path(env) if env else Path.home() / ".cache" / "segunify"
     return base / "features"
 
@@ -88,7 +89,7 @@ class FeatureCache:
 
 def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray] | None, window: int,
                 backbone: Backbone, flip: bool, batch_size: int = 16, device: torch.device | None = None,
-                progress: Callable[[int, int], None] | None = None,
+                progress: Progress | None = None, phase: str = "features",
                 shards: Sequence[np.ndarray] | None = None, shape: tuple[int, ...] | None = None) -> FeatureCache:
     """Compute and store the features of `count` windows (and their flips); reuse a finished cache.
 
@@ -127,7 +128,7 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
             feats = window_features(backbone, x, flip)
             store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
             if progress:
-                progress(start + len(chunk), count)
+                progress(phase, start + len(chunk), count)
         store.flush()
         del store
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
@@ -176,14 +177,15 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
 def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage], windows: Sequence[TrainWindow],
                            window: int, bands: Sequence[int] | None, backbone: Backbone,
                            backbone_weights: str | None, flip: bool, device: str,
-                           progress: Callable[[int, int], None] | None = None,
+                           progress: Progress | None = None,
                            resize: str = RESIZE_MODES[0]) -> FeatureCache:
     """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
     keeps the finished shards. The driver then joins them, in window order, into the cache file."""
     from ..files.manifest import Manifest
-    from ..job.engines import import_distributed, prepare_workers
+    from ..job.engines import prepare_workers
+    from ..job.worker import import_distributed
 
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
@@ -207,7 +209,7 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
         manifest.record(str(start), {"features": future.result()})
         done += len(windows[start:start + SHARD_WINDOWS])
         if progress:
-            progress(done, len(windows))
+            progress("features", done, len(windows))
     shards = [np.load(files[s], mmap_mode="r") for s in starts]
     shape = (len(windows), *shards[0].shape[1:])
     build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)

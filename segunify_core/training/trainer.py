@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..method.backbone import Backbone, create_backbone
 from ..method.compressor import DROPOUT_MASKS
 from ..method.losses import PAIRINGS, energy
 from ..method.model import HeadConfig, ModelConfig, SegUnifyModel
+from ..progress import Progress
 from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
 from .feature_cache import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 
@@ -289,7 +290,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
           backbone_name: str = "dino_vits8", backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
           resume: bool = False, device: str = "cpu", potsdam_split: str | None = None,
-          on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+          on_progress: Progress | None = None,
           client: Any = None, val: str | Path | None = None) -> SegUnifyModel:
     """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
 
@@ -330,22 +331,20 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
                     config.resize)
     cache_root = Path(cache_dir or default_cache_dir())
     folder = cache_root / key
-    cache_progress = (lambda d, t: on_progress("features", d, t, {})) if on_progress else None
     if client is not None:
         cache = build_cache_on_cluster(folder, client, images, windows, config.window, config.bands, backbone,
-                                       backbone_weights, config.flip, torch_device.type, cache_progress,
+                                       backbone_weights, config.flip, torch_device.type, on_progress,
                                        resize=config.resize)
     else:
         reader = TrainWindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
-                                device=torch_device, progress=cache_progress)
+                                device=torch_device, progress=on_progress)
         finally:
             reader.close()
     validator = None
     if validation is not None:
-        val_progress = (lambda d, t: on_progress("validation features", d, t, {})) if on_progress else None
-        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, val_progress)
+        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, on_progress)
 
     model = new_model(backbone, config, target_gsd).to(torch_device)
     trainer = Trainer(model, cache, config)
