@@ -33,7 +33,7 @@ def main() -> None:
         times: dict[str, float] = {}
         marks: dict[str, float] = {}
 
-        def on_progress(phase, done, total, stats):
+        def on_progress(phase, done, total, stats=None):
             now = time.perf_counter()
             marks.setdefault(f"{phase}_start", marks.get("last", now))
             marks[f"{phase}_end"] = now

@@ -80,10 +80,10 @@ def as_client(client: Any):
 
 def prepare_workers(client) -> None:
     """Set up every worker of the client's cluster (torch threads, allocator) for our tasks."""
-    client.register_plugin(torch_threads_plugin(_workers_perhost_of(client)))
+    client.register_plugin(torch_threads_plugin(_workers_per_host(client)))
 
 
-def _workers_perhost_of(client) -> dict[str, int]:
+def _workers_per_host(client) -> dict[str, int]:
     counts: dict[str, int] = {}
     for address in client.scheduler_info().get("workers", {}):
         counts[host_of(address)] = counts.get(host_of(address), 0) + 1

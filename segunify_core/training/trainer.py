@@ -327,24 +327,26 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     windows = plan_windows(sizes, scales, config.window, config.max_windows, config.seed,
                            config.five_crop, config.crop_ratio)
     windows.sort(key=lambda w: w.image)  # the reader opens each image once
+    # on_progress always gets stats (empty outside "train"), as callers written for train() expect
+    phases = (lambda phase, done, total, stats=None: on_progress(phase, done, total, stats or {})) if on_progress else None
     key = cache_key(images, windows, config.window, backbone, backbone_weights, config.flip, config.bands,
                     config.resize)
     cache_root = Path(cache_dir or default_cache_dir())
     folder = cache_root / key
     if client is not None:
         cache = build_cache_on_cluster(folder, client, images, windows, config.window, config.bands, backbone,
-                                       backbone_weights, config.flip, torch_device.type, on_progress,
+                                       backbone_weights, config.flip, torch_device.type, phases,
                                        resize=config.resize)
     else:
         reader = TrainWindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
-                                device=torch_device, progress=on_progress)
+                                device=torch_device, progress=phases)
         finally:
             reader.close()
     validator = None
     if validation is not None:
-        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, on_progress)
+        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, phases)
 
     model = new_model(backbone, config, target_gsd).to(torch_device)
     trainer = Trainer(model, cache, config)
