@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import settings
-from ..device import resolve_device  # noqa: F401 - re-exported for callers of the old module
 from ..errors import SegUnifyError
 from ..files.manifest import Manifest, file_sha256
 from ..files.model_file import load_model, save_model
@@ -44,8 +43,7 @@ log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"
 JOB_MODEL = "model.safetensors"
 
-__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster",
-           "resolve_device"]
+__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster"]
 
 
 @dataclasses.dataclass
