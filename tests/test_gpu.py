@@ -96,17 +96,19 @@ def test_torch_crf_on_gpu_matches_cpu():
 
 @pytest.mark.gpu
 @needs_cuda
-def test_training_on_cached_features_on_gpu_matches_cpu(tmp_path, tiny_backbone):
+def test_training_on_cached_features_on_gpu_matches_cpu(tmp_path, tiny_weights):
     img, _ = make_blobs(640, 640, seed=1)
     tif = write_geotiff(tmp_path / "train.tif", img)
     config = TrainConfig(classes=3, steps=150, batch_size=16, max_windows=48, window=224, seed=0)
     cache = tmp_path / "cache"  # the CPU run fills it; the GPU run trains on the same cached features
-    train([tif], tmp_path / "cpu.safetensors", config, backbone=tiny_backbone, cache_dir=cache, device="cpu")
-    train([tif], tmp_path / "gpu.safetensors", config, backbone=tiny_backbone, cache_dir=cache, device="cuda")
+    # a backbone of its own for each run: train moves the one it is given to its device
+    for device in ("cpu", "cuda"):
+        train([tif], tmp_path / f"{device}.safetensors", config, backbone=create_backbone(TINY_VIT, tiny_weights),
+              cache_dir=cache, device=device)
     scene = write_geotiff(tmp_path / "scene.tif", make_blobs(448, 448, seed=5)[0])
-    weights = tiny_backbone.weights.path
+    weights = tiny_weights
     cpu = _segment(tmp_path / "cpu.safetensors", weights, scene, tmp_path / "cpu.tif", "cpu", "fp32")
-    gpu_labels = _segment(tmp_path / "gpu.safetensors", weights, scene, tmp_path / "gpu.tif", "cpu", "fp32")
+    gpu_labels = _segment(tmp_path / "cuda.safetensors", weights, scene, tmp_path / "gpu.tif", "cpu", "fp32")
     agreement = _matched_agreement(cpu, gpu_labels)
     assert agreement >= 0.98, (f"labels of the GPU- and CPU-trained models agree on {agreement:.2%} of pixels "
                                f"({(cpu == gpu_labels).mean():.2%} without pairing classes)")
