@@ -91,7 +91,7 @@ def test_torch_crf_on_gpu_matches_cpu():
     on_gpu = crf(images.to(CUDA), log_probs.to(CUDA)).cpu()
     agreement = (on_gpu.argmax(1) == cpu.argmax(1)).float().mean()
     assert agreement >= 0.999, f"CRF labels agree on {agreement:.3%} of pixels"
-    assert (on_gpu - cpu).abs().max() <= 0.05
+    assert (on_gpu - cpu).abs().max() <= 0.02  # fp16 kernel weights on the GPU, bf16 or fp32 on CPUs
 
 
 @pytest.mark.gpu
