@@ -23,10 +23,11 @@ PY=${PYTHON:-python3}
 
 if [ "${1:-}" = --fetch-wheels ]; then
   dest=${2:?usage: scripts/gpu_check.sh --fetch-wheels DIR [PYTHON_VERSION]}
-  # rasterio and its own needs beyond what such an image holds (numpy, click, attrs, certifi, pyparsing)
+  # rasterio (the release the CPU suite runs) and its own needs beyond what such an image holds
+  # (numpy, click, attrs, certifi, pyparsing are there)
   exec $PY -m pip download -q --no-deps --only-binary=:all: --python-version "${3:-3.12}" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$dest" rasterio affine cligj click-plugins
+    -d "$dest" rasterio==1.4.4 affine cligj click-plugins
 fi
 
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [--dry-run]}
