@@ -1,7 +1,7 @@
 """The speed suite: every figure as a ratio measured within one run (absolute times on shared
 machines do not compare across runs). Prints one JSON object per line.
 
-    python bench/run.py [--quick]
+    python bench/run.py [--quick] [--family speed|scale] [--device cpu|cuda [--dry-run]]
 
 1. backbone efficiency: achieved FLOP/s of the backbone, run as the pipeline runs it (320 px
    windows with their mirrors in one call; in bfloat16 a fused oneDNN graph, in float32 eager
@@ -27,7 +27,9 @@ machines do not compare across runs). Prints one JSON object per line.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
 `--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
-scheduler overhead, cold start, assembly share, peak RSS per worker).
+scheduler overhead, cold start, assembly share, peak RSS per worker). `--device cuda` runs the
+GPU figures instead (bench/gpu.py: end to end on an 8k raster, the backbone's share of the
+matmul rate, batch size, precision, peak GPU memory); with `--dry-run` on the CPU, tiny sizes.
 """
 
 from __future__ import annotations
@@ -43,18 +45,11 @@ from pathlib import Path
 
 import rasterio
 import torch
-from common import REPO, generated_raster, random_checkpoint, report
+from common import REPO, generated_raster, random_checkpoint, report, vit_flops
 
 from segunify_core.method.backbone import choose_precision, create_backbone, reuse_freed_memory
 
 TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
-
-
-def vit_flops(backbone, size: int) -> float:
-    n = (size // backbone.patch_size) ** 2 + backbone.num_prefix_tokens
-    c = backbone.feature_dim
-    depth = len(backbone.model.blocks)
-    return depth * 2 * (12 * n * c * c + 2 * n * n * c) + 2 * n * c * 3 * backbone.patch_size ** 2
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -255,8 +250,22 @@ def main() -> None:
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
     parser.add_argument("--family", default="speed", choices=["speed", "scale"],
                         help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU figures instead (bench/gpu.py: end to end on 8k, backbone share, memory)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --device cuda: the same code on the CPU with tiny sizes (checks the path)")
     args = parser.parse_args()
     reuse_freed_memory()  # as the CLI does: the measured processes run with the CLI's allocator settings
+    if args.device == "cuda":
+        import gpu
+
+        if args.dry_run:
+            gpu.run("cpu", **gpu.DRY_RUN)
+        elif not torch.cuda.is_available():
+            sys.exit("bench: --device cuda needs a CUDA GPU that PyTorch sees; add --dry-run to check the path on CPU.")
+        else:
+            gpu.run("cuda", **gpu.FULL)
+        return
     if args.family == "scale":
         import scale
 

@@ -135,6 +135,21 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+GPU_OUT_OF_MEMORY = ("The GPU ran out of memory; lower the batch size (--batch-size, e.g. half of it) or the window "
+                     "(--window), close other programs using the GPU, or run on the CPU (--device cpu).")
+
+
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc is PyTorch's CUDA out-of-memory error (its own class, or a RuntimeError saying so
+    from older releases and other code paths). torch is looked up, not imported: if it was never
+    imported, the error cannot be its."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
 def guarded(func: Callable) -> Callable:
     """Run a command: user errors as one line and exit 1, Ctrl-C/SIGTERM as exit 130, tracebacks only
     with --debug. Cleanup of partial output happens in the core's own finally blocks."""
@@ -172,6 +187,8 @@ def guarded(func: Callable) -> Callable:
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:
                 traceback.print_exc()
+            if gpu_out_of_memory(exc):
+                fail(GPU_OUT_OF_MEMORY, 1)
             fail(f"Unexpected {type(exc).__name__}: {exc}; rerun with --debug for the traceback.", 1)
         finally:
             signal.signal(signal.SIGTERM, previous)
