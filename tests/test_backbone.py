@@ -9,8 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from segunify_core.backbone import BACKBONES, create_backbone, resolve_backbone
 from segunify_core.errors import SegUnifyError
+from segunify_core.method.backbone import create_backbone
+from segunify_core.method.registry import BACKBONES, resolve_backbone
 from tests.helpers import exploit_pickle_in_dict
 
 
@@ -102,7 +103,7 @@ def test_missing_weights_file():
 
 
 def test_offline_without_weights_says_how_to_pass_a_file():
-    code = ("from segunify_core.backbone import create_backbone\n"
+    code = ("from segunify_core.method.backbone import create_backbone\n"
             "try:\n    create_backbone('dino_vits8')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
@@ -156,7 +157,7 @@ def test_fused_graph_matches_eager_and_never_depends_on_earlier_batches(referenc
     FUSED_BATCH windows, the last one through a graph of its own size), and a window's features
     are bit for bit the same whatever ran before it: the first call after building, after a
     larger batch, after a smaller."""
-    from segunify_core.backbone import FUSED_BATCH
+    from segunify_core.method.fused import FUSED_BATCH
 
     model, x, _ = reference
     eager = model.with_settings(precision="fp32", fuse=False)(x)
@@ -184,7 +185,7 @@ def test_a_calls_features_never_depend_on_earlier_calls_or_graphs(reference, pre
     runs in (oneDNN picks kernels per shape: in bfloat16 on these small windows they differ in the
     last bits), as a part's chunks follow from its windows and the batch size alone.
     Float32 forces the fused path on every CPU; bfloat16 runs where the CPU has it natively."""
-    from segunify_core.backbone import cpu_has_native_bf16
+    from segunify_core.method.backbone import cpu_has_native_bf16
 
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("no native bfloat16 on this CPU (AVX-512 BF16/AMX): the float32 case covers the fused path")
@@ -284,7 +285,7 @@ def test_settings_are_fixed_at_construction(reference):
 def test_forward_leaves_process_settings_alone(reference, monkeypatch):
     """The backbone changes no process-wide state: oneDNN fusion is on only while its fused graph
     is traced and run, and the allocator is tuned only by an explicit call (CLI, Dask workers)."""
-    import segunify_core.backbone as backbone_module
+    import segunify_core.method.backbone as backbone_module
 
     calls = []
     monkeypatch.setattr(backbone_module, "reuse_freed_memory", lambda: calls.append(1))
