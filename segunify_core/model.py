@@ -233,7 +233,7 @@ def model_config(stored: dict[str, Any]) -> ModelConfig:
 
 
 def load_model(path: str | Path, backbone_weights: str | Path | None = None,
-               backbone: Backbone | None = None, pretrained: bool = True, precision: str = "fp32",
+               backbone: Backbone | None = None, pretrained: bool = True, precision: str = settings.PRECISION,
                fuse: bool | str = "auto") -> SegUnifyModel:
     """Load a model file and attach its backbone: the one given, or one built (with `precision`
     and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.

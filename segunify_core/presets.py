@@ -53,6 +53,8 @@ SEGUNIFY_POTSDAM = Preset(
         "outer_silu": Setting(False, "no outer SiLU"),
         "steps": Setting(3000, "optimiser steps"),
         "batch_size": Setting(32, "images per step"),
+        "sampling": Setting("epoch", "DataLoader(shuffle=True, drop_last=True): each window once per epoch, "
+                                     "a new order each epoch, the last incomplete batch dropped"),
         "lr_compressor": Setting(1e-4, "Adam, Compressor"),
         "lr_labeler": Setting(5e-4, "Adam, prototypes"),
         "weight_decay": Setting(1e-5, "Adam weight decay"),

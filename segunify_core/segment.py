@@ -56,13 +56,13 @@ class SegmentOptions:
     native_resolution: bool = False
     bands: Sequence[int] | None = None
     probabilities: str | Path | None = None
-    probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0]  # or "uint8" (0..255 scaled)
+    probabilities_dtype: str = settings.PROBABILITIES_DTYPE  # or "uint8" (0..255 scaled)
     cog: bool = False
     overwrite: bool = False
     preview: str | Path | None = None
     device: str = "cpu"
     block: int = DEFAULT_BLOCK  # source px per part side
-    resume: bool = False  # keep finished parts of an interrupted run and reuse them
+    resume: bool = settings.RESUME  # keep finished parts of an interrupted run and reuse them
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
         if n > settings.MAX_CLASSES:
             raise SegUnifyError(f"The model has {n} classes but a class raster holds at most {settings.MAX_CLASSES}; "
                                 "merge classes (`segunify classes --merge`) or fit fewer (--classes).")
-        precision = getattr(model.backbone, "precision", "fp32")
+        precision = getattr(model.backbone, "precision", settings.PRECISION)
         recorded = getattr(model.backbone, "weights", None)
         if backbone_weights is None and recorded is not None:
             backbone_weights = recorded.path  # cluster workers load the same checkpoint
