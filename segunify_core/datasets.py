@@ -67,7 +67,7 @@ class ArrayImage:
         pass
 
 
-def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str = settings.RESIZE) -> np.ndarray:
     """Resize (C, H, W) to `size`: antialiased bilinear, or nearest at pixel centres (PIL's rule)."""
     t = torch.from_numpy(np.ascontiguousarray(rgb))[None]
     if mode == "nearest":
@@ -166,7 +166,7 @@ def image_key(path: Path, potsdam_id: str | None = None) -> str:
     return f"potsdam:{potsdam_id}" if potsdam_id is not None else f"file:{Path(path).resolve()}"
 
 
-def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train",
+def training_images(data: Sequence[str | Path], potsdam_split: str = settings.POTSDAM_TRAIN_SPLIT,
                     exclude: Collection[str] = ()) -> list[TrainingImage]:
     """Folders and files of GeoTIFF/PNG/JPEG images, or a Potsdam root (its training splits),
     without the images whose `key` is in `exclude` (the validation images)."""
