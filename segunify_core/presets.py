@@ -35,7 +35,8 @@ class Preset:
 
 SEGUNIFY_POTSDAM = Preset(
     "segunify-potsdam",
-    "SegUnify on Potsdam-3 as the reference run trained it (METHOD.md, 'What the reference run actually did').",
+    "SegUnify on Potsdam-3 as the reference run trained it (METHOD.md, 'What the reference run actually did'): "
+    "DINO ViT-B/8 on labelled_train, every image once per epoch in a new order each epoch.",
     {
         BACKBONE: Setting("dino_vitb8", "DINO ViT-B/8"),
         "potsdam_split": Setting("train", "labelled_train.txt only (4545 images, labels unused)"),
