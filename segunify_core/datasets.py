@@ -198,7 +198,7 @@ class TrainWindow:
 
 
 def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
-                 max_windows: int, seed: int, five_crop: bool = False,
+                 max_windows: int, seed: int, five_crop: bool = settings.FIVE_CROP,
                  crop_ratio: float = CROP_RATIO) -> list[TrainWindow]:
     """Square regions of the images, resampled to `window` px at training time.
 

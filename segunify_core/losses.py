@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from . import settings
 
 
-def feature_affinity(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = True) -> torch.Tensor:
+def feature_affinity(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """F_ij = cosine(f1_i, f2_j) for every patch pair, (B, N1, N2), with pointwise centring:
     subtract each row's mean over j, then add back the global mean."""
     with torch.no_grad():
@@ -30,13 +30,13 @@ def assignment_disagreement(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 
 
 def smoothness_dense(f1: torch.Tensor, f2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
-                     shift: float, pointwise: bool = True) -> torch.Tensor:
+                     shift: float, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """Mean over all patch pairs of (F_ij - shift) * A_ij, with the N x N matrices formed."""
     return ((feature_affinity(f1, f2, pointwise) - shift) * assignment_disagreement(p1, p2)).mean()
 
 
 def smoothness(f1: torch.Tensor, f2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
-               shift: float, pointwise: bool = True) -> torch.Tensor:
+               shift: float, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """The same value as `smoothness_dense`, without forming N x N matrices.
 
     With A, B the normalised features (N, C) and P, Q the normalised assignments (N, K), every

@@ -25,7 +25,7 @@ import torch
 from . import settings
 from .assembly import assemble
 from .backbone import Backbone
-from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
+from .device import api_device, resolve_device  # noqa: F401 - resolve_device re-exported for callers of the old module
 from .engines import as_client, run_parts
 from .errors import SegUnifyError
 from .manifest import Manifest, file_sha256
@@ -60,7 +60,7 @@ class SegmentOptions:
     cog: bool = False
     overwrite: bool = False
     preview: str | Path | None = None
-    device: str = "cpu"
+    device: str = settings.DEVICE  # auto: a CUDA GPU if there is one, else the CPU
     block: int = DEFAULT_BLOCK  # source px per part side
     resume: bool = settings.RESUME  # keep finished parts of an interrupted run and reuse them
 
@@ -184,7 +184,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     geometry = Geometry(options.window, options.stride, patch, model.config.gsd if model else None,
                         options.native_resolution)
     client = as_client(client)
-    device = torch.device(options.device)
+    device = api_device(options.device)
     folder = Path(job_folder) if job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

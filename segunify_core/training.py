@@ -26,6 +26,7 @@ import torch
 from . import settings
 from .backbone import Backbone, create_backbone
 from .datasets import TrainingImage, TrainWindowReader, plan_windows, training_images
+from .device import api_device
 from .errors import SegUnifyError
 from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 from .legend import cluster_shares
@@ -300,7 +301,7 @@ def state_path(model_path: Path) -> Path:
 def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
           backbone_name: str = settings.BACKBONE, backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
-          resume: bool = False, device: str = "cpu", potsdam_split: str | None = None,
+          resume: bool = False, device: str = settings.DEVICE, potsdam_split: str | None = None,
           on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
           client: Any = None, val: str | Path | None = None) -> SegUnifyModel:
     """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
@@ -316,7 +317,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     from .evaluation import ValidationData, Validator
 
     output = Path(output)
-    torch_device = torch.device(device)
+    torch_device = api_device(device)
     if potsdam_split is not None:
         config = dataclasses.replace(config, potsdam_split=potsdam_split)
     config.check()
