@@ -16,9 +16,9 @@ from tests.helpers import exploit_pickle_in_dict
 
 @pytest.fixture(scope="module")
 def reference():
-    """A random-weight DINO ViT-S/16 (the dino_vits16 short name) and its features."""
+    """A random-weight DINO ViT-S/16 (the dino_vits16 short name) and its float32 features."""
     torch.manual_seed(0)
-    model = create_backbone("dino_vits16", pretrained=False)
+    model = create_backbone("dino_vits16", pretrained=False, precision="fp32")
     x = torch.rand(2, 3, 64, 96) * 255
     return model, x, model(x)
 

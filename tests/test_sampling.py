@@ -50,8 +50,8 @@ def test_every_window_once_per_epoch_in_a_new_order(tiny_backbone):
     per_epoch = steps_per_epoch(10, 3)
     assert per_epoch == 3
     epochs = [sum(cache.batches[e * per_epoch:(e + 1) * per_epoch], []) for e in range(4)]
+    assert all(len(batch) == 3 for batch in cache.batches)
     for order in epochs:
-        assert all(len(batch) == 3 for batch in cache.batches)
         assert len(order) == 9 and len(set(order)) == 9 and set(order) <= set(range(10)), order
     assert len({tuple(order) for order in epochs}) == 4, "every epoch has its own order"
     assert len({frozenset(order) for order in epochs}) > 1, "the dropped window changes with the order"
