@@ -45,7 +45,7 @@ def test_official_dino_pth(reference, tmp_path):
     model, x, feats = reference
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(official_dino_state(model), path)
-    loaded = create_backbone("dino_vits16", path)
+    loaded = create_backbone("dino_vits16", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)
 
 
@@ -61,7 +61,7 @@ def test_official_dino_training_checkpoint(reference, tmp_path):
     }
     path = tmp_path / "checkpoint.pth"
     torch.save(ckpt, path)
-    loaded = create_backbone("dino_vits16", path)
+    loaded = create_backbone("dino_vits16", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)  # the teacher is used
 
 
@@ -74,7 +74,7 @@ def test_timm_checkpoint(reference, tmp_path, suffix):
         save_file(state, str(path))
     else:
         torch.save(state, path)
-    loaded = create_backbone("vit_small_patch16_224.dino", path)
+    loaded = create_backbone("vit_small_patch16_224.dino", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)
 
 
@@ -123,12 +123,12 @@ def test_registry_and_timm_names():
 def test_dinov2_official_layout(tmp_path):
     """DINOv2 official checkpoints carry mask_token; timm's converter drops it."""
     torch.manual_seed(0)
-    model = create_backbone("dinov2_vits14", pretrained=False)
+    model = create_backbone("dinov2_vits14", pretrained=False, precision="fp32")
     state = {k: v.clone() for k, v in model.model.state_dict().items()}
     state["mask_token"] = torch.zeros(1, 384)
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
-    loaded = create_backbone("dinov2_vits14", path)
+    loaded = create_backbone("dinov2_vits14", path, precision="fp32")
     x = torch.rand(1, 3, 56, 56) * 255
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
 
