@@ -8,9 +8,9 @@ import click
 from click.core import ParameterSource
 
 from segunify_core import settings
-from segunify_core.presets import PRESETS, resolve
-from segunify_core.raster_io import parse_bands
-from segunify_core.training import TrainConfig, train
+from segunify_core.files.raster_io import parse_bands
+from segunify_core.training.presets import PRESETS, resolve
+from segunify_core.training.trainer import TrainConfig, train
 
 from .common import prepare
 from .options import (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segunify_core import settings
-from segunify_core.training import TrainConfig, Trainer, batch_windows, new_model, steps_per_epoch
+from segunify_core.training.trainer import TrainConfig, Trainer, batch_windows, new_model, steps_per_epoch
 
 
 class RecordingCache:
@@ -36,7 +36,7 @@ def run(backbone, cache: RecordingCache, cfg: TrainConfig, steps: int) -> Traine
 
 
 def test_epoch_sampling_is_the_default_and_the_presets_setting():
-    from segunify_core.presets import SEGUNIFY_POTSDAM
+    from segunify_core.training.presets import SEGUNIFY_POTSDAM
 
     assert TrainConfig().sampling == settings.SAMPLING == "epoch"
     assert SEGUNIFY_POTSDAM.values()["sampling"] == "epoch"

@@ -17,14 +17,14 @@ SOURCES = ("segunify_core", "cli", "qgis_plugin", "bench")
 ALIASES = {"potsdam_split": "POTSDAM_TRAIN_SPLIT", "masks": "DROPOUT_MASKS"}
 # Parameters named like a setting that are another quantity (file, function or option: why).
 NOT_THE_SETTING = {
-    ("segunify_core/crf.py", "__init__", "stride"): "the CRF's kernel subsampling, not the window stride",
-    ("segunify_core/parts.py", "RunSpec", "device"): "the device the driver resolved, sent to the workers",
-    ("segunify_core/training.py", "train", "resume"): "the training checkpoint (train --resume), not a job's parts",
+    ("segunify_core/method/crf.py", "__init__", "stride"): "the CRF's kernel subsampling, not the window stride",
+    ("segunify_core/job/parts.py", "RunSpec", "device"): "the device the driver resolved, sent to the workers",
+    ("segunify_core/training/trainer.py", "train", "resume"): "the training checkpoint (train --resume), not a job's parts",
     ("bench/local_sets.py", "--batch_size", "batch_size"): "the benchmark's batch",
-    ("segunify_core/features.py", "build_cache", "batch_size"): "windows per backbone call while caching",
-    ("segunify_core/features.py", "compute_shard", "batch_size"): "windows per backbone call while caching",
-    ("segunify_core/legend.py", "cluster_shares", "batch_size"): "windows per labelling call",
-    ("segunify_core/evaluation.py", "score", "batch_size"): "validation images per backbone call",
+    ("segunify_core/training/feature_cache.py", "build_cache", "batch_size"): "windows per backbone call while caching",
+    ("segunify_core/training/feature_cache.py", "compute_shard", "batch_size"): "windows per backbone call while caching",
+    ("segunify_core/training/trainer.py", "cluster_shares", "batch_size"): "windows per labelling call",
+    ("segunify_core/training/evaluation.py", "score", "batch_size"): "validation images per backbone call",
     ("segunify_core/synthetic.py", "make_scene", "seed"): "synthetic test scenes, not training",
     ("segunify_core/synthetic.py", "make_blobs", "seed"): "synthetic test scenes, not training",
     ("bench/common.py", "blob_tile", "seed"): "generated benchmark rasters",
@@ -85,7 +85,7 @@ def test_no_default_named_like_a_setting_is_typed_again():
     settings (or a dataclass that does); a literal there is a second copy that drifts."""
     retyped = []
     for folder in SOURCES:
-        for path in sorted((REPO / folder).glob("*.py")):
+        for path in sorted((REPO / folder).rglob("*.py")):
             if path.name == "settings.py":
                 continue
             rel = path.relative_to(REPO).as_posix()
@@ -114,9 +114,9 @@ def test_every_dataclass_and_constructor_default_is_the_settings_value():
     import inspect
 
     from segunify_core import SegmentOptions, SelfFitOptions, TrainConfig
-    from segunify_core.compressor import Compressor
-    from segunify_core.losses import energy
-    from segunify_core.model import ModelConfig
+    from segunify_core.method.compressor import Compressor
+    from segunify_core.method.losses import energy
+    from segunify_core.method.model import ModelConfig
 
     names = {  # dataclass -> field -> setting, where the names differ
         TrainConfig: {"window": "TRAIN_WINDOW", "potsdam_split": "POTSDAM_TRAIN_SPLIT"},
@@ -143,9 +143,9 @@ def test_every_dataclass_and_constructor_default_is_the_settings_value():
 
 
 def test_choice_lists_are_the_settings_lists():
-    from segunify_core.datasets import POTSDAM_SPLITS
-    from segunify_core.losses import PAIRINGS
-    from segunify_core.training import CHOICES, TrainConfig
+    from segunify_core.method.losses import PAIRINGS
+    from segunify_core.training.datasets import POTSDAM_SPLITS
+    from segunify_core.training.trainer import CHOICES, TrainConfig
 
     assert tuple(POTSDAM_SPLITS) == settings.POTSDAM_SPLITS
     assert set(PAIRINGS) == set(settings.PAIRINGS)
@@ -221,9 +221,9 @@ def test_api_precision_default_resolves_per_device(monkeypatch):
     when it runs, not fixed to float32 when it is built."""
     import inspect
 
-    from segunify_core import backbone as backbone_module
-    from segunify_core.backbone import choose_precision, create_backbone
-    from segunify_core.model import load_model
+    from segunify_core.files.model_file import load_model
+    from segunify_core.method import backbone as backbone_module
+    from segunify_core.method.backbone import choose_precision, create_backbone
 
     for func in (create_backbone, load_model, backbone_module.Backbone.__init__):
         assert inspect.signature(func).parameters["precision"].default == settings.PRECISION == "auto"
