@@ -137,9 +137,9 @@ def end_to_end(model, src: Path, warm: Path, tmp: Path, device: torch.device, ba
 
 def run(device: str = "cuda", side: int = FULL["side"], backbones: Sequence[str] = FULL["backbones"],
         matmul_n: int = FULL["matmul_n"], warm_side: int = FULL["warm_side"]) -> None:
-    from segunify_core.backbone import choose_precision
-    from segunify_core.crf import TorchDenseCRF
-    from segunify_core.model import load_model
+    from segunify_core.files.model_file import load_model
+    from segunify_core.method.backbone import choose_precision
+    from segunify_core.method.crf import TorchDenseCRF
 
     dev = torch.device(device)
     precision = choose_precision("auto", dev)

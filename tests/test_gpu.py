@@ -13,10 +13,10 @@ import pytest
 import rasterio
 import torch
 from scipy.optimize import linear_sum_assignment
-from segunify_core.backbone import choose_precision
-from segunify_core.crf import TorchDenseCRF
 
 from segunify_core import SegmentOptions, TrainConfig, create_backbone, load_model, segment_raster, train
+from segunify_core.method.backbone import choose_precision
+from segunify_core.method.crf import TorchDenseCRF
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.conftest import REPO, TINY_VIT
 
@@ -148,7 +148,7 @@ def test_gpu_out_of_memory_is_one_line_with_the_fix(tmp_path, tiny_model, tiny_w
                          ids=["OutOfMemoryError", "RuntimeError"])
 def test_cuda_out_of_memory_message_names_the_batch_size(tmp_path, monkeypatch, tiny_model, tiny_weights, error):
     """The same message without a GPU: the backbone raises what PyTorch raises on a full GPU."""
-    from segunify_core.backbone import Backbone
+    from segunify_core.method.backbone import Backbone
 
     def full(self, rgb):
         raise error
@@ -159,7 +159,7 @@ def test_cuda_out_of_memory_message_names_the_batch_size(tmp_path, monkeypatch, 
 
 
 def test_other_runtime_errors_stay_unexpected(tmp_path, monkeypatch, tiny_model, tiny_weights):
-    from segunify_core.backbone import Backbone
+    from segunify_core.method.backbone import Backbone
 
     def broken(self, rgb):
         raise RuntimeError("something else")
