@@ -21,6 +21,8 @@ NOT_THE_SETTING = {
     ("segunify_core/job/parts.py", "RunSpec", "device"): "the device the driver resolved, sent to the workers",
     ("segunify_core/training/trainer.py", "train", "resume"): "the training checkpoint (train --resume), not a job's parts",
     ("bench/local_sets.py", "--batch_size", "batch_size"): "the benchmark's batch",
+    ("bench/run.py", "--device", "device"): "which family of figures runs (the CPU suite or bench/gpu.py)",
+    ("bench/gpu.py", "run", "device"): "the GPU figures (cpu only for their dry run)",
     ("segunify_core/training/feature_cache.py", "build_cache", "batch_size"): "windows per backbone call while caching",
     ("segunify_core/training/feature_cache.py", "compute_shard", "batch_size"): "windows per backbone call while caching",
     ("segunify_core/training/trainer.py", "cluster_shares", "batch_size"): "windows per labelling call",
