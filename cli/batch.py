@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from segunify_core import settings
 from segunify_core.errors import SegUnifyError
 from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
-from segunify_core.job.planning import DEFAULT_BLOCK
 from segunify_core.job.segment import SegmentOptions, segment
 from segunify_core.method.crf import open_crf
 
@@ -38,9 +38,9 @@ from .options import (
 @click.option("--native-resolution", is_flag=True)
 @click.option("--cog", is_flag=True)
 @click.option("--overwrite", is_flag=True, help="Redo files whose output exists (default: skip them).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
+@click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
               help="Keep the finished parts of an interrupted run and compute only the missing ones.")
-@click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
+@click.option("--block", default=settings.BLOCK, show_default=True, help="Side of one part in source pixels.")
 @engine_options
 @bands_option
 @run_options

@@ -7,7 +7,6 @@ import click
 from segunify_core import settings
 from segunify_core.files.model_file import save_model
 from segunify_core.files.raster_io import parse_bands
-from segunify_core.job.planning import DEFAULT_BLOCK
 from segunify_core.job.segment import SegmentOptions, SelfFitOptions, segment_raster
 from segunify_core.method.crf import open_crf
 
@@ -54,13 +53,13 @@ F = SelfFitOptions(classes=0)
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Also write the blended class probabilities to this GeoTIFF.")
 @click.option("--probabilities-dtype", type=click.Choice(settings.PROBABILITIES_DTYPES),
-              default=settings.PROBABILITIES_DTYPES[0], show_default=True)
+              default=settings.PROBABILITIES_DTYPE, show_default=True)
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).")
 @click.option("--preview", type=click.Path(dir_okay=False), default=None, help="Write a PNG of image, classes and overlay.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-@click.option("--resume", is_flag=True,
+@click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
               help="Keep the finished parts of an interrupted run (beside OUTPUT) and compute only the missing ones.")
-@click.option("--block", default=DEFAULT_BLOCK, show_default=True, help="Side of one part in source pixels.")
+@click.option("--block", default=settings.BLOCK, show_default=True, help="Side of one part in source pixels.")
 @engine_options
 @bands_option
 @backbone_option

@@ -17,9 +17,9 @@ from tests.helpers import exploit_pickle_in_dict
 
 @pytest.fixture(scope="module")
 def reference():
-    """A random-weight DINO ViT-S/16 (the dino_vits16 short name) and its features."""
+    """A random-weight DINO ViT-S/16 (the dino_vits16 short name) and its float32 features."""
     torch.manual_seed(0)
-    model = create_backbone("dino_vits16", pretrained=False)
+    model = create_backbone("dino_vits16", pretrained=False, precision="fp32")
     x = torch.rand(2, 3, 64, 96) * 255
     return model, x, model(x)
 
@@ -46,7 +46,7 @@ def test_official_dino_pth(reference, tmp_path):
     model, x, feats = reference
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(official_dino_state(model), path)
-    loaded = create_backbone("dino_vits16", path)
+    loaded = create_backbone("dino_vits16", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_official_dino_training_checkpoint(reference, tmp_path):
     }
     path = tmp_path / "checkpoint.pth"
     torch.save(ckpt, path)
-    loaded = create_backbone("dino_vits16", path)
+    loaded = create_backbone("dino_vits16", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)  # the teacher is used
 
 
@@ -75,7 +75,7 @@ def test_timm_checkpoint(reference, tmp_path, suffix):
         save_file(state, str(path))
     else:
         torch.save(state, path)
-    loaded = create_backbone("vit_small_patch16_224.dino", path)
+    loaded = create_backbone("vit_small_patch16_224.dino", path, precision="fp32")
     assert torch.allclose(loaded(x), feats, atol=1e-5)
 
 
@@ -124,12 +124,12 @@ def test_registry_and_timm_names():
 def test_dinov2_official_layout(tmp_path):
     """DINOv2 official checkpoints carry mask_token; timm's converter drops it."""
     torch.manual_seed(0)
-    model = create_backbone("dinov2_vits14", pretrained=False)
+    model = create_backbone("dinov2_vits14", pretrained=False, precision="fp32")
     state = {k: v.clone() for k, v in model.model.state_dict().items()}
     state["mask_token"] = torch.zeros(1, 384)
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
-    loaded = create_backbone("dinov2_vits14", path)
+    loaded = create_backbone("dinov2_vits14", path, precision="fp32")
     x = torch.rand(1, 3, 56, 56) * 255
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import settings
+from ..device import api_device
 from ..errors import SegUnifyError
 from ..files.manifest import Manifest, file_sha256
 from ..files.model_file import load_model, save_model
@@ -55,13 +56,13 @@ class SegmentOptions:
     native_resolution: bool = False
     bands: Sequence[int] | None = None
     probabilities: str | Path | None = None
-    probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0]  # or "uint8" (0..255 scaled)
+    probabilities_dtype: str = settings.PROBABILITIES_DTYPE  # or "uint8" (0..255 scaled)
     cog: bool = False
     overwrite: bool = False
     preview: str | Path | None = None
-    device: str = "cpu"
+    device: str = settings.DEVICE  # auto: a CUDA GPU if there is one, else the CPU
     block: int = DEFAULT_BLOCK  # source px per part side
-    resume: bool = False  # keep finished parts of an interrupted run and reuse them
+    resume: bool = settings.RESUME  # keep finished parts of an interrupted run and reuse them
 
 
 @dataclasses.dataclass
@@ -183,7 +184,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     geometry = Geometry(options.window, options.stride, patch, model.config.gsd if model else None,
                         options.native_resolution)
     client = as_client(client)
-    device = torch.device(options.device)
+    device = api_device(options.device)
     folder = Path(job_folder) if job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -214,7 +215,7 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
         if n > settings.MAX_CLASSES:
             raise SegUnifyError(f"The model has {n} classes but a class raster holds at most {settings.MAX_CLASSES}; "
                                 "merge classes (`segunify classes --merge`) or fit fewer (--classes).")
-        precision = getattr(model.backbone, "precision", "fp32")
+        precision = getattr(model.backbone, "precision", settings.PRECISION)
         recorded = getattr(model.backbone, "weights", None)
         if backbone_weights is None and recorded is not None:
             backbone_weights = recorded.path  # cluster workers load the same checkpoint

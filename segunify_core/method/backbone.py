@@ -53,7 +53,9 @@ def reuse_freed_memory() -> None:
 class Backbone(nn.Module):
     """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p).
 
-    precision: "fp32", "bf16" or "fp16" (autocast). fuse (CPU execution, see `_fused`): "auto"
+    precision: "fp32", "bf16" or "fp16" (autocast), or "auto" (the default, settings.PRECISION):
+    whichever `choose_precision` picks for the device the backbone is on, decided again after each
+    move (`.to(device)`). fuse (CPU execution, see `_fused`): "auto"
     fuses the bfloat16 graph and runs float32 eagerly; True/False force the fused graph on or off.
     weights: the local checkpoint the ViT was loaded from (None: hub or random weights).
     The settings are fixed at construction; `with_settings` gives a backbone with others.
@@ -62,12 +64,12 @@ class Backbone(nn.Module):
     mean: torch.Tensor  # buffers: ImageNet normalisation
     std: torch.Tensor
 
-    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = "fp32",
+    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = settings.PRECISION,
                  fuse: bool | str = "auto", weights: WeightsFile | None = None):
         super().__init__()
-        if precision not in RUN_PRECISIONS:
-            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(RUN_PRECISIONS)} "
-                                "(choose_precision turns the precision setting, --precision, into one of them).")
+        if precision not in RUN_PRECISIONS and precision not in settings.PRECISIONS:
+            choices = dict.fromkeys(settings.PRECISIONS + RUN_PRECISIONS)
+            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(choices)} (--precision).")
         if fuse not in FUSE_CHOICES:
             raise ValueError(f"fuse must be one of {FUSE_CHOICES}, not {fuse!r}")
         self.spec = spec
@@ -86,6 +88,12 @@ class Backbone(nn.Module):
 
     @property
     def precision(self) -> str:
+        """The precision the backbone runs in on its current device (one of RUN_PRECISIONS)."""
+        return choose_precision(self._precision, self.mean.device) if self._precision == "auto" else self._precision
+
+    @property
+    def requested_precision(self) -> str:
+        """The precision asked for: one of RUN_PRECISIONS, or "auto"."""
         return self._precision
 
     @property
@@ -98,10 +106,10 @@ class Backbone(nn.Module):
 
     def with_settings(self, precision: str | None = None, fuse: bool | str | None = None) -> Backbone:
         """A backbone sharing this one's frozen ViT, with another precision and/or fusion."""
-        if (precision or self.precision) == self.precision and (self.fuse if fuse is None else fuse) == self.fuse:
+        requested = precision or self._precision
+        if requested == self._precision and (self.fuse if fuse is None else fuse) == self.fuse:
             return self
-        other = Backbone(self.spec, self.model, precision or self.precision, self.fuse if fuse is None else fuse,
-                         self.weights)
+        other = Backbone(self.spec, self.model, requested, self.fuse if fuse is None else fuse, self.weights)
         return other.to(self.mean.device)
 
     def train(self, mode: bool = True) -> Backbone:
@@ -194,7 +202,7 @@ class Backbone(nn.Module):
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsFile | None = None,
-                    pretrained: bool = True, precision: str = "fp32", fuse: bool | str = "auto") -> Backbone:
+                    pretrained: bool = True, precision: str = settings.PRECISION, fuse: bool | str = "auto") -> Backbone:
     """Build a frozen backbone by short name or timm name.
 
     weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth), or its
@@ -235,8 +243,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
-    """The precision to run (one of RUN_PRECISIONS) for the precision setting. auto: bf16 on CUDA GPUs
-    that support it (fp16 on older ones) and on CPUs with native bfloat16, else fp32."""
+    """The precision to run (one of RUN_PRECISIONS) for the precision setting (or a precision already
+    chosen). auto: bf16 on CUDA GPUs that support it (fp16 on older ones) and on CPUs with native
+    bfloat16, else fp32."""
+    if requested in RUN_PRECISIONS:
+        return requested
     if requested not in settings.PRECISIONS:
         raise SegUnifyError(f"Unknown precision '{requested}'; use one of {', '.join(settings.PRECISIONS)} "
                             "(--precision).")
