@@ -124,6 +124,25 @@ def lr_factor(schedule: str, step: int, steps: int, power: float, epoch_steps: i
     raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
 
 
+def read_train_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A training checkpoint's metadata and tensors; SegUnifyError for anything else (checked without
+    `assert`, so also under `python -O`)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
+                            "and train without resuming (--resume).")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["segunify"])
+        tensors = load_file(str(path))
+    except Exception:  # unreadable safetensors, no or broken JSON metadata
+        raise damaged from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
+        raise damaged
+    return meta, tensors
+
+
 class Trainer:
     """Trains the model's Compressor and Labeler on a feature cache, on the model's device."""
 
@@ -227,19 +246,7 @@ class Trainer:
         write_safetensors(path, tensors, meta)
 
     def load_state(self, path: Path) -> dict[str, Any]:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
-                                "and train without resuming (--resume).")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {})["segunify"])
-            tensors = load_file(str(path))
-        except Exception:  # unreadable safetensors, no or broken JSON metadata
-            raise damaged from None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
-            raise damaged
+        meta, tensors = read_train_state(path)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                                    strict=False)
         opt = self.optimizer.state_dict()

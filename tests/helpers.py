@@ -3,10 +3,13 @@ own Python, without torch or rasterio)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -19,12 +22,50 @@ def samples_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def in_ci() -> bool:
+    """CI sets CI=true (.ci/run): there every optional part must be present."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> NoReturn:
+    """A test's optional part (pydensecrf, Dask, the samples, QGIS) is missing: skip it, but fail in CI,
+    where a skip would hide that the part was never tested."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: every optional part is required)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, reason: str) -> ModuleType:
+    """`name` imported, or `missing(reason)` (pytest.importorskip that fails in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(reason)
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     path = samples_dir()
     if path is None:
-        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
+        missing("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
     return path
+
+
+def tree_listing(folder: Path) -> set[str]:
+    """Every file and folder under `folder`, as paths relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def samples_stay_untouched():
+    """Tests never write beside their inputs: nothing may appear under the samples (GDAL's .aux.xml
+    statistics, say) during the run."""
+    folder = samples_dir()
+    before = tree_listing(folder) if folder else set()
+    yield
+    if folder:
+        added = sorted(tree_listing(folder) - before)
+        assert not added, f"the tests wrote into the samples folder {folder}: {added}"
 
 
 class _Exploit:

@@ -145,7 +145,7 @@ def test_bf16_features_within_cosine_0995_of_fp32(name):
     reference = backbone.with_settings(precision="fp32", fuse=False)(x)
     backbone = backbone.with_settings(precision="bf16", fuse=True)
     half = backbone(x)
-    assert backbone._graphs[("bf16", 224, 224)] is not None, "the fused graph was built"
+    assert backbone.runs_fused, "the fused graph was built"
     cosine = torch.nn.functional.cosine_similarity(half, reference, dim=1)
     print(f"{name}: bf16 vs fp32 cosine min {cosine.min():.5f} mean {cosine.mean():.5f}")
     assert cosine.min() >= 0.995
@@ -178,13 +178,13 @@ def test_auto_fuses_bf16_and_runs_fp32_one_window_at_a_time(reference):
     model, x, feats = reference
     model = model.with_settings(precision="fp32", fuse="auto")
     out = model(x)
-    assert not model._graphs, "no fused graph in float32"
+    assert not model.runs_fused, "no fused graph in float32"
     batched = model.model.forward_features(model.normalize(x))[:, model.num_prefix_tokens:]
     torch.testing.assert_close(out.flatten(2).transpose(1, 2), batched, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, feats)
     model = model.with_settings(precision="bf16")
     model(x)
-    assert model._graphs[("bf16", 64, 96)] is not None
+    assert model.runs_fused, "bfloat16 runs through the fused graph"
 
 
 def test_eager_switch(monkeypatch):
@@ -194,7 +194,7 @@ def test_eager_switch(monkeypatch):
     monkeypatch.setenv("SEGUNIFY_EAGER", "1")
     model = create_backbone("vit_tiny_patch16_224", pretrained=False, precision="bf16", fuse=eager_switch())
     model(torch.rand(1, 3, 32, 32) * 255)
-    assert not model.fuse and not model._graphs
+    assert not model.fuse and not model.runs_fused
     monkeypatch.delenv("SEGUNIFY_EAGER")
     assert eager_switch() == "auto"
 

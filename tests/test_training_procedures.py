@@ -21,7 +21,7 @@ from segunify_core.evaluation import evaluate
 from segunify_core.labeler import Labeler
 from segunify_core.losses import energy, move_fixed_points, reference_pairing, smoothness
 from segunify_core.model import ModelConfig, SegUnifyModel, load_model
-from segunify_core.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.presets import BACKBONE, PRESETS, cli_value, markdown_table, resolve
 from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.training import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
 from tests.conftest import REPO, TINY_VIT
@@ -283,7 +283,7 @@ def test_every_preset_flag_sets_its_value(name):
     from cli.train import command
 
     for field, value in PRESETS[name].values().items():
-        ctx = command.make_context("train", ["data", "-o", "m.safetensors", *_cli_value(field, value).split()])
+        ctx = command.make_context("train", ["data", "-o", "m.safetensors", *cli_value(field, value).split()])
         assert ctx.params[field] == value, field
 
 

@@ -86,11 +86,23 @@ def test_gpu_found_with_nvidia_smi(monkeypatch, tmp_path):
     assert installer.detect_gpu() is None
 
 
-def test_base_python_is_qgis_own():
+def test_base_python_is_qgis_own(monkeypatch):
+    """Inside QGIS sys.executable is QGIS itself: the interpreter found is the one under QGIS's own
+    prefix, of QGIS's Python version, able to make a venv; not merely the first python on PATH."""
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis")
+    monkeypatch.setenv("PATH", "/nonexistent")  # the PATH fallback cannot answer
     python, how = installer.find_base_python()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert python == os.path.join(sys.base_exec_prefix, "bin", f"python{version}")
+    assert how.startswith(f"QGIS's Python {version}")
     out = subprocess.run([python, "-c", "import sys, venv; print(sys.version_info[:2])"], capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == str(tuple(sys.version_info[:2])) and how
+                         text=True, check=True, timeout=60)
+    assert out.stdout.strip() == str(tuple(sys.version_info[:2]))
+
+
+def test_base_python_when_qgis_runs_a_python(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/opt/somewhere/python3")
+    assert installer.find_base_python() == ("/opt/somewhere/python3", "the Python running QGIS")
 
 
 def test_plugin_zip_carries_the_matching_wheel(plugin_dir):
