@@ -409,7 +409,7 @@ def test_batch_interrupted(env, sig):
     folder = env["inputs"] / "tiles"
     folder.mkdir()
     for i in range(4):
-        img, _ = make_blobs(400, 400, seed=10 + i)
+        img, _ = make_blobs(300, 300, seed=10 + i)
         write_geotiff(folder / f"t{i}.tif", img)
     before = digest(folder)
     out = env["out"] / "batch"
