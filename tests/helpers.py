@@ -4,8 +4,12 @@ own Python, without torch or rasterio)."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -92,3 +96,28 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def paused_cli(args: list[str], phase: str, percent: int, ready: Path | None = None) -> subprocess.Popen:
+    """`segunify --progress json ARGS`, held inside its progress callback at `phase` >= `percent`
+    (once `ready` exists): see tests/paused_cli.py. Signal it with interrupt_when_paused."""
+    command = [sys.executable, "-m", "tests.paused_cli", phase, str(percent), str(ready or "-"), "--progress", "json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(command + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=_default_signals)
+
+
+def interrupt_when_paused(proc: subprocess.Popen, sig: int) -> dict:
+    """Read the child's progress until it says it is paused, signal it there; the paused event."""
+    assert proc.stdout is not None and proc.stderr is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("type") == "paused":
+            proc.send_signal(sig)
+            return event
+    proc.wait(timeout=60)
+    raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching the pause: {proc.stderr.read()}")

@@ -24,13 +24,9 @@ from segunify_core.raster_io import RasterReader, choose_bands
 from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.tiling import WindowPlan
 from tests.conftest import TINY_VIT
-from tests.helpers import exploit_pickle
+from tests.helpers import exploit_pickle, interrupt_when_paused, paused_cli
 
 CLI = [sys.executable, "-m", "segunify_cli"]
-
-
-def _default_signals():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def digest(folder: Path) -> dict:
@@ -339,29 +335,6 @@ def test_train_disk_full(env, tmp_path):
 
 
 # ---------------------------------------------------------------- interruptions
-REPO = Path(__file__).resolve().parents[1]
-
-
-def paused_cli(args: list[str], phase: str, percent: int, ready: Path | None = None) -> subprocess.Popen:
-    """The CLI with JSON progress, held inside its progress callback at `phase` >= `percent` (once `ready`
-    exists): see tests/paused_cli.py."""
-    command = [sys.executable, "-m", "tests.paused_cli", phase, str(percent), str(ready or "-"), "--progress", "json"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(command + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_default_signals)
-
-
-def interrupt_when_paused(proc: subprocess.Popen, sig) -> dict:
-    """Read the child's progress until it says it is paused, signal it there; the paused event."""
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("type") == "paused":
-            proc.send_signal(sig)
-            return event
-    proc.wait(timeout=60)
-    raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching the pause: {proc.stderr.read()}")
-
-
 TRAIN_ARGS = ["--backbone", TINY_VIT, "--steps", "60", "--batch-size", "4", "--max-windows", "8", "--window", "64",
               "--checkpoint-every", "10", "--seed", "5"]
 
