@@ -104,11 +104,31 @@ def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
     out.parent.mkdir()
     src = tmp_path / "ortho ü.tif"
     shutil.copy(samples / "rasterio/cogeo.tif", src)
+    from processing.gui.Postprocessing import handleAlgorithmResults
+    from qgis.core import QgsPalettedRasterRenderer, QgsProcessingContext, QgsProcessingOutputLayerDefinition, QgsProject
+
+    project = QgsProject()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    loaded = []
+
+    def on_finish(alg, context, feedback):
+        """As the dialog does: load the output into the project; SegUnify's post-processor (_ApplyStyle)
+        then applies the .qml beside the file. The test first renames class 2 in that .qml, so the
+        layer's labels show whether the style was applied."""
+        qml = out.with_suffix(".qml")
+        qml.write_text(qml.read_text().replace('label="class 2"', 'label="class two"'))
+        loaded.append(handleAlgorithmResults(alg, context, feedback, showResults=False))
+
     result = processing.run("segunify:segment", {
         "INPUT": str(src), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights),
-        "WINDOW": 224, "STRIDE": 160, "OUTPUT": str(out), "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"),
-        "MIN_AREA": 50.0})
+        "WINDOW": 224, "STRIDE": 160, "OUTPUT": QgsProcessingOutputLayerDefinition(str(out), project),
+        "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"), "MIN_AREA": 50.0}, onFinish=on_finish, context=context)
     assert result["OUTPUT"] == str(out)
+    assert loaded == [True]
+    styled = [layer for layer in project.mapLayers().values() if layer.source() == str(out)]
+    assert len(styled) == 1 and isinstance(styled[0].renderer(), QgsPalettedRasterRenderer)
+    assert [c.label for c in styled[0].renderer().classes()] == ["class 1", "class two", "class 3"]
     layer, source = QgsRasterLayer(str(out), "out"), QgsRasterLayer(str(src), "in")
     assert layer.isValid()
     assert layer.crs() == source.crs() and layer.extent() == source.extent()
