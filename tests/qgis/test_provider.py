@@ -255,7 +255,7 @@ def test_screenshot_of_dialog_is_in_docs(tmp_path):
         fresh_png = tmp_path / png
         subprocess.run([sys.executable, str(REPO / "scripts" / "dialog_screenshot.py"), name, str(fresh_png),
                         str(width), str(height)], check=True, capture_output=True, timeout=300,
-                       env={**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / "profile")})
+                       env={**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / f"profile-{name}")})
         fresh = QImage(str(fresh_png))
         assert (fresh.width(), fresh.height()) == (width, height), png
         differ = sum(image.pixel(x, y) != fresh.pixel(x, y) for x in range(0, width, 2) for y in range(0, height, 2))
