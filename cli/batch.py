@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from segunify_core.crf import make_crf
 from segunify_core.errors import SegUnifyError
-from segunify_core.planning import DEFAULT_BLOCK
-from segunify_core.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
-from segunify_core.segment import SegmentOptions, segment
+from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
+from segunify_core.job.planning import DEFAULT_BLOCK
+from segunify_core.job.segment import SegmentOptions, segment
+from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
@@ -80,8 +80,8 @@ def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, 
                                  overwrite=overwrite, device=dev.type, block=block, resume=resume)
         progress = progress_for(ctx, quiet)
         try:
-            with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
-                report = segment([p for p, _ in todo], [o for _, o in todo], model, options, crf=make_crf(crf),
+            with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+                report = segment([p for p, _ in todo], [o for _, o in todo], model, options, crf=refiner,
                                  backbone_weights=backbone_weights, client=client, model_file=model_path,
                                  job_folder=Path(output_dir) / ".segunify-parts", keep_going=True, progress=progress)
         finally:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from segunify_core import settings
-from segunify_core.crf import make_crf
-from segunify_core.model import save_model
-from segunify_core.planning import DEFAULT_BLOCK
-from segunify_core.raster_io import parse_bands
-from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
+from segunify_core.files.model_file import save_model
+from segunify_core.files.raster_io import parse_bands
+from segunify_core.job.planning import DEFAULT_BLOCK
+from segunify_core.job.segment import SegmentOptions, SelfFitOptions, segment_raster
+from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
@@ -93,12 +93,11 @@ def command(ctx, input_path, output_path, model_path, classes, extra_clusters, l
                              native_resolution=native_resolution, bands=parse_bands(bands),
                              probabilities=probabilities, probabilities_dtype=probabilities_dtype, cog=cog,
                              overwrite=overwrite, preview=preview, device=dev.type, block=block, resume=resume)
-    refiner = make_crf(crf)
-    if refiner is not None and not quiet:
-        click.echo(f"CRF: {refiner.name}", err=True)
     progress = progress_for(ctx, quiet)
     try:
-        with dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+        with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+            if refiner is not None and not quiet:
+                click.echo(f"CRF: {refiner.name}", err=True)
             report = segment_raster(input_path, output_path, model, options, crf=refiner, fit=fit, backbone=bb,
                                     progress=progress, client=client, backbone_weights=backbone_weights,
                                     model_file=model_path)

@@ -21,7 +21,7 @@ from tests.helpers import missing, samples, samples_dir, samples_stay_untouched 
 @pytest.fixture
 def pydensecrf() -> None:
     """For tests of the pydensecrf CRF backend (the crf extra): skipped without it, failed in CI."""
-    from segunify_core.crf import pydensecrf_available
+    from segunify_core.method.crf import pydensecrf_available
 
     if not pydensecrf_available():
         missing("pydensecrf2 (the crf extra) is not installed: pip install \"segunify[crf]\"")
@@ -42,7 +42,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_weights):
-    from segunify_core.backbone import create_backbone
+    from segunify_core.method.backbone import create_backbone
 
     return create_backbone(TINY_VIT, tiny_weights)
 
@@ -56,8 +56,8 @@ def scene_tif(tmp_path) -> tuple[Path, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_backbone):
     """A 3-class model of the tiny ViT trained on a generated scene (GSD 0.5 m)."""
-    from segunify_core.model import load_model
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.files.model_file import load_model
+    from segunify_core.training.trainer import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("model")
     img, _ = make_blobs(640, 640, seed=1)

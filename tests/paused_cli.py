@@ -25,7 +25,7 @@ WAIT_S = 600  # longer than any test's timeout: the test signals the child long 
 def _pausing(call, phase: str, percent: int, ready: Path | None):
     paused: list[int] = []
 
-    def progress(self, event_phase: str, done: int, total: int, stats: dict | None = None) -> None:
+    def progress(self, event_phase: str, done: int, total: int, stats=None) -> None:
         call(self, event_phase, done, total, stats)
         if paused or event_phase != phase or done >= total or 100 * done < percent * max(total, 1):
             return
@@ -41,7 +41,7 @@ def _pausing(call, phase: str, percent: int, ready: Path | None):
 
 if __name__ == "__main__":
     phase, percent, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    options.Progress.__call__ = _pausing(options.Progress.__call__, phase, percent,  # type: ignore[method-assign]
-                                         None if ready == "-" else Path(ready))
+    options.ProgressDisplay.__call__ = _pausing(  # type: ignore[method-assign]
+        options.ProgressDisplay.__call__, phase, percent, None if ready == "-" else Path(ready))
     sys.argv = ["segunify", *sys.argv[4:]]
     main()

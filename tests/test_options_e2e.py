@@ -84,7 +84,7 @@ def test_tile_segment_overwrite_replaces_the_file(seg, scene, tmp_path):
 
 
 def test_classes_overwrite_replaces_the_model(tiny_model, tmp_path):
-    from segunify_core.model import read_model_file
+    from segunify_core.files.model_file import read_model_file
 
     out = tmp_path / "named.safetensors"
     cli("classes", tiny_model, "-o", out, "--name", "1=road")
@@ -211,7 +211,7 @@ def test_evaluate_resolution_and_no_flip(potsdam, tiny_model, tiny_weights):
 
 # ---------------------------------------------------------------- self-fit
 def test_self_fit_seed_and_local_sets(scene, tiny_weights, tmp_path):
-    from segunify_core.model import read_model_file
+    from segunify_core.files.model_file import read_model_file
 
     def fit(name: str, *extra) -> tuple[np.ndarray, dict]:
         out, model = tmp_path / f"{name}.tif", tmp_path / f"{name}.safetensors"

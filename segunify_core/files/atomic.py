@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SegUnifyError, write_failure
+from ..errors import SegUnifyError, write_failure
 
 TEMP_MARK = ".partial"
 

@@ -16,35 +16,34 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import settings
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.manifest import Manifest, file_sha256
+from ..files.model_file import load_model, save_model
+from ..files.raster_io import open_raster
+from ..method.backbone import Backbone
+from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .assembly import assemble
-from .backbone import Backbone
-from .device import resolve_device  # noqa: F401 - re-exported for callers of the old module
 from .engines import as_client, run_parts
-from .errors import SegUnifyError
-from .manifest import Manifest, file_sha256
-from .model import SegUnifyModel, load_model, save_model
 from .parts import RunSpec, gdal_env, part_files
 from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
-from .raster_io import open_raster
 from .selffit import SelfFitOptions, self_fit
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"
 JOB_MODEL = "model.safetensors"
 
-Progress = Callable[[str, int, int], None]
-__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster",
-           "resolve_device"]
+__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster"]
 
 
 @dataclasses.dataclass
@@ -287,12 +286,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     if reused:
         log.info("resuming: %d of %d parts are already done", reused, len(parts))
     total = sum(len(p.tiles()) for p in parts)
-    done = [total - sum(len(p.tiles()) for p in todo)]
-
-    def windows_done(count: int) -> None:
-        done[0] += count
-        if progress:
-            progress("segment", done[0], total)
+    done = total - sum(len(p.tiles()) for p in todo)
 
     errors: dict[int, str] = {}
     computed: list[str] = []
@@ -314,7 +308,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     clock = time.perf_counter()
     for index in [i for i, left in waiting.items() if not left]:  # every part reused
         finish(index)
-    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, windows_done):
+    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, progress, done, total):
         index = part.raster.index
         if exc is not None:
             if not keep_going:

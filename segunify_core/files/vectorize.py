@@ -9,9 +9,9 @@ import rasterio
 from rasterio import features
 from rasterio.windows import Window
 
+from ..errors import SegUnifyError, write_failure
 from .atomic import atomic_path
-from .errors import SegUnifyError, write_failure
-from .legend import raster_class_names
+from .outputs import raster_class_names
 
 BLOCK = 4096
 HALO = 64  # context read around each block so sieving sees regions that cross block edges

@@ -14,7 +14,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .errors import SegUnifyError, error_detail
+from ..errors import SegUnifyError, error_detail
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
 STRETCH_PERCENTILES = (2.0, 98.0)

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import settings
+from .. import settings
+from ..errors import SegUnifyError
 from .backbone import cpu_has_native_bf16
 from .densecrf_window import CRFParams, refine_window, worker_init
-from .errors import SegUnifyError
 
 CRF_CHOICES = settings.CRF_BACKENDS
 MAX_BILATERAL_WEIGHTS = 1 << 26  # per window: 128 MB in half floats, 256 MB in float32
@@ -41,6 +43,10 @@ class CRF(Protocol):
     def __call__(self, images: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in 0..255, log_probs (B, K, H, W) -> probabilities (B, K, H, W)
         on the device of log_probs."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (pydensecrf's worker processes); it may be used again after."""
         ...
 
 
@@ -159,6 +165,9 @@ class TorchDenseCRF:
         return weights, samples
 
     @torch.inference_mode()
+    def close(self) -> None:
+        """Nothing to release (no worker processes)."""
+
     def refine_one(self, image: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
         """image (3, H, W) in 0..255; log_probs (K, H, W). Returns probabilities (K, H, W)."""
         p = self.params
@@ -204,3 +213,16 @@ def make_crf(name: str = settings.CRF, params: CRFParams = CRFParams(),
     if name in ("torch", "auto"):
         return TorchDenseCRF(params)
     raise SegUnifyError(f"Unknown CRF backend '{name}'; use one of {', '.join(CRF_CHOICES)} (--crf).")
+
+
+@contextlib.contextmanager
+def open_crf(name: str = settings.CRF, params: CRFParams = CRFParams(),
+             workers: int | None = None) -> Iterator[CRF | None]:
+    """`make_crf` for the length of a `with` block: the backend is closed (pydensecrf's process pool
+    shut down) when the block ends, so a job leaves no worker processes behind."""
+    crf = make_crf(name, params, workers)
+    try:
+        yield crf
+    finally:
+        if crf is not None:
+            crf.close()

@@ -10,22 +10,22 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import settings
-from .backbone import Backbone
-from .errors import SegUnifyError
-from .features import build_cache
-from .legend import cluster_shares
-from .model import SegUnifyModel
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.raster_io import RasterReader, ground_sampling_distance
+from ..method.backbone import Backbone
+from ..method.model import SegUnifyModel
+from ..progress import Progress
+from ..training.feature_cache import build_cache
+from ..training.trainer import TrainConfig, Trainer, cluster_shares, new_model
 from .planning import RasterJob
-from .raster_io import RasterReader, ground_sampling_distance
 from .tiling import Tile
-from .training import TrainConfig, Trainer, new_model
 from .windows import TileSource
 
 
@@ -60,7 +60,7 @@ def sample_windows(rasters: Sequence[RasterJob], count: int, seed: int) -> list[
 
 
 def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptions, device: torch.device,
-             flip: bool = settings.FLIP, progress: Callable[[str, int, int], None] | None = None) -> SegUnifyModel:
+             flip: bool = settings.FLIP, progress: Progress | None = None) -> SegUnifyModel:
     """Fit Compressor and Labeler on cached features of windows sampled across the job."""
     if fit.steps < settings.MIN_STEPS or fit.max_windows < settings.MIN_FIT_WINDOWS:
         raise SegUnifyError(f"Self-fit needs at least {settings.MIN_STEPS} training step (--fit-steps) and "
@@ -82,7 +82,7 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
     first_raster, first_tile = windows[0]
     with RasterReader.open(first_raster.input, first_raster.bands, first_raster.stats) as reader:
         size = TileSource(reader, first_raster.window_plan(), first_raster.model_window, first_raster.scale,
-                          first_raster.patch).input_size(first_tile)
+                          first_raster.patch).model_input_px(first_tile)
         gsd = ground_sampling_distance(reader.ds)
         bands = list(reader.bands)
     folder = Path(tempfile.mkdtemp(prefix="segunify-selffit-", dir=fit.cache_dir))
@@ -90,7 +90,7 @@ def self_fit(rasters: Sequence[RasterJob], backbone: Backbone, fit: SelfFitOptio
         cache = build_cache(folder / "features", len(windows), read, size, backbone, flip,
                             batch_size=settings.SEGMENT_BATCH_SIZE,
                             device=device,
-                            progress=(lambda d, t: progress("features", d, t)) if progress else None)
+                            progress=progress)
         for reader, _ in readers.values():
             reader.close()
         shared = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit) if f.name in _TRAIN_FIELDS}

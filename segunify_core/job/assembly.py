@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from . import settings
-from .atomic import atomic_path
-from .legend import Legend, write_class_style
-from .outputs import copy_raster, probability_storage
+from .. import settings
+from ..files.atomic import atomic_path
+from ..files.outputs import copy_raster, probability_storage, write_class_style
+from ..files.preview import write_preview_png
+from ..files.raster_io import RasterReader
+from ..method.legend import Legend
 from .parts import part_files
 from .planning import Part, RasterJob
-from .preview import write_preview_png
-from .raster_io import RasterReader
 
 
 def vrt_xml(raster: RasterJob, parts: Sequence[Part], folder: Path, kind: str, bands: int, dtype: str,

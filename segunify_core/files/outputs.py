@@ -1,16 +1,20 @@
 """Writing output rasters: the GeoTIFF profile of class and probability rasters, how probabilities
-are stored, the COG conversion and the read-back check. (The class legend, its colour table, QGIS
-style and GDAL category names, is `legend.py`'s; the preview PNG is `preview.py`'s.)"""
+are stored, the COG conversion, the read-back check, and the legend's sidecars beside a class raster
+(QGIS style, GDAL category names; their text is `method.legend`'s). The preview PNG is `preview.py`'s."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from ..method.legend import Legend
 
 BLOCK = 512  # tile side of written GeoTIFFs
 
@@ -64,3 +68,32 @@ def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None)
     with atomic_path(dst) as tmp:
         copy(str(src), str(tmp), **options)
         read_back(tmp)
+
+
+def pam_path(raster: str | Path) -> Path:
+    raster = Path(raster)
+    return raster.with_name(raster.name + ".aux.xml")
+
+
+def write_class_style(raster: str | Path, legend: Legend) -> None:
+    """The legend beside a class raster: `<name>.qml` for QGIS and `<name>.tif.aux.xml` (category
+    names and attribute table) for GDAL, which reads that sidecar with the GeoTIFF."""
+    raster = Path(raster)
+    write_text_atomic(raster.with_suffix(".qml"), legend.qml())
+    write_text_atomic(pam_path(raster), legend.pam_xml())
+
+
+def raster_class_names(raster: str | Path) -> dict[int, str]:
+    """Class names of a class raster by pixel value, from GDAL's category names in its PAM sidecar
+    (written by `write_class_style`); empty when it has none."""
+    path = pam_path(raster)
+    if not path.is_file():
+        return {}
+    try:
+        band = ET.parse(path).getroot().find("PAMRasterBand[@band='1']")
+    except ET.ParseError:
+        return {}
+    categories = band.find("CategoryNames") if band is not None else None
+    if categories is None:
+        return {}
+    return {value: category.text for value, category in enumerate(categories) if value > 0 and category.text}

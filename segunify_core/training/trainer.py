@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import settings
-from .backbone import Backbone, create_backbone
-from .compressor import DROPOUT_MASKS
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.model_file import read_json_metadata, save_model, write_safetensors
+from ..method.backbone import Backbone, create_backbone
+from ..method.compressor import DROPOUT_MASKS
+from ..method.losses import PAIRINGS, energy
+from ..method.model import HeadConfig, ModelConfig, SegUnifyModel
+from ..progress import Progress
 from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
-from .errors import SegUnifyError
-from .features import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
-from .legend import cluster_shares
-from .losses import PAIRINGS, energy
-from .model import HeadConfig, ModelConfig, SegUnifyModel, save_model, write_safetensors
+from .feature_cache import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"
@@ -127,15 +127,10 @@ def lr_factor(schedule: str, step: int, steps: int, power: float, epoch_steps: i
 def read_train_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A training checkpoint's metadata and tensors; SegUnifyError for anything else (checked without
     `assert`, so also under `python -O`)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
                             "and train without resuming (--resume).")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["segunify"])
-        tensors = load_file(str(path))
+        meta, tensors = read_json_metadata(path)
     except Exception:  # unreadable safetensors, no or broken JSON metadata
         raise damaged from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
@@ -276,6 +271,24 @@ def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> Seg
         return SegUnifyModel(model_config)
 
 
+@torch.no_grad()
+def cluster_shares(model: SegUnifyModel, cache: FeatureCache, batch_size: int = 32) -> list[float]:
+    """Share of the cached training windows' patches that the global prototypes give each cluster
+    (the first view of every window; the Compressor in evaluation mode, as at inference)."""
+    was_training = model.compressor.training
+    model.compressor.eval()
+    counts = torch.zeros(model.config.n_clusters, dtype=torch.float64)
+    try:
+        for start in range(0, len(cache), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(cache)))
+            code = model.compressor(cache.batch(idx, torch.zeros_like(idx)))
+            labels = model.labeler.teacher_logits(code).argmax(1)
+            counts += torch.bincount(labels.flatten(), minlength=counts.numel()).double()
+    finally:
+        model.compressor.train(was_training)
+    return (counts / counts.sum().clamp_min(1)).tolist()
+
+
 def state_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".train-state.safetensors")
 
@@ -284,7 +297,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
           backbone_name: str = "dino_vits8", backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
           resume: bool = False, device: str = "cpu", potsdam_split: str | None = None,
-          on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+          on_progress: Progress | None = None,
           client: Any = None, val: str | Path | None = None) -> SegUnifyModel:
     """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
 
@@ -321,26 +334,26 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     windows = plan_windows(sizes, scales, config.window, config.max_windows, config.seed,
                            config.five_crop, config.crop_ratio)
     windows.sort(key=lambda w: w.image)  # the reader opens each image once
+    # on_progress always gets stats (empty outside "train"), as callers written for train() expect
+    phases = (lambda phase, done, total, stats=None: on_progress(phase, done, total, stats or {})) if on_progress else None
     key = cache_key(images, windows, config.window, backbone, backbone_weights, config.flip, config.bands,
                     config.resize)
     cache_root = Path(cache_dir or default_cache_dir())
     folder = cache_root / key
-    cache_progress = (lambda d, t: on_progress("features", d, t, {})) if on_progress else None
     if client is not None:
         cache = build_cache_on_cluster(folder, client, images, windows, config.window, config.bands, backbone,
-                                       backbone_weights, config.flip, torch_device.type, cache_progress,
+                                       backbone_weights, config.flip, torch_device.type, phases,
                                        resize=config.resize)
     else:
         reader = TrainWindowReader(images, windows, config.window, config.bands, config.resize)
         try:
             cache = build_cache(folder, len(windows), reader, config.window, backbone, config.flip,
-                                device=torch_device, progress=cache_progress)
+                                device=torch_device, progress=phases)
         finally:
             reader.close()
     validator = None
     if validation is not None:
-        val_progress = (lambda d, t: on_progress("validation features", d, t, {})) if on_progress else None
-        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, val_progress)
+        validator = Validator(validation, backbone, backbone_weights, cache_root, torch_device, phases)
 
     model = new_model(backbone, config, target_gsd).to(torch_device)
     trainer = Trainer(model, cache, config)

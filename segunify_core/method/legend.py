@@ -24,18 +24,12 @@ import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .atomic import write_text_atomic
-from .errors import SegUnifyError
-
-if TYPE_CHECKING:
-    from .features import FeatureCache
-    from .model import SegUnifyModel
+from ..errors import SegUnifyError
 
 Colour = tuple[int, int, int]
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -257,58 +251,6 @@ def _xml_attr(text: str) -> str:
     return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
-def pam_path(raster: str | Path) -> Path:
-    raster = Path(raster)
-    return raster.with_name(raster.name + ".aux.xml")
-
-
-def write_class_style(raster: str | Path, legend: Legend) -> None:
-    """The legend beside a class raster: `<name>.qml` for QGIS and `<name>.tif.aux.xml` (category
-    names and attribute table) for GDAL, which reads that sidecar with the GeoTIFF."""
-    raster = Path(raster)
-    write_text_atomic(raster.with_suffix(".qml"), legend.qml())
-    write_text_atomic(pam_path(raster), legend.pam_xml())
-
-
-def raster_class_names(raster: str | Path) -> dict[int, str]:
-    """Class names of a class raster by pixel value, from GDAL's category names in its PAM sidecar
-    (written by `write_class_style`); empty when it has none."""
-    path = pam_path(raster)
-    if not path.is_file():
-        return {}
-    try:
-        band = ET.parse(path).getroot().find("PAMRasterBand[@band='1']")
-    except ET.ParseError:
-        return {}
-    categories = band.find("CategoryNames") if band is not None else None
-    if categories is None:
-        return {}
-    return {value: category.text for value, category in enumerate(categories) if value > 0 and category.text}
-
-
-def model_class_shares(model: SegUnifyModel) -> list[float | None]:
-    """Share of the training pixels per class of a loaded model (None where not recorded)."""
-    return model.legend.shares((model.metadata.get("training") or {}).get("cluster_shares"))
-
-
-@torch.no_grad()
-def cluster_shares(model: SegUnifyModel, cache: FeatureCache, batch_size: int = 32) -> list[float]:
-    """Share of the cached training windows' patches that the global prototypes give each cluster
-    (the first view of every window; the Compressor in evaluation mode, as at inference)."""
-    was_training = model.compressor.training
-    model.compressor.eval()
-    counts = torch.zeros(model.config.n_clusters, dtype=torch.float64)
-    try:
-        for start in range(0, len(cache), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(cache)))
-            code = model.compressor(cache.batch(idx, torch.zeros_like(idx)))
-            labels = model.labeler.teacher_logits(code).argmax(1)
-            counts += torch.bincount(labels.flatten(), minlength=counts.numel()).double()
-    finally:
-        model.compressor.train(was_training)
-    return (counts / counts.sum().clamp_min(1)).tolist()
-
-
 def parse_id_value(text: str, option: str) -> tuple[list[int], str]:
     """'3=roof' or '4,5=vegetation' -> ([ids], value); a clear error otherwise."""
     ids_text, sep, value = text.partition("=")
@@ -339,25 +281,3 @@ def parse_edits(names: Sequence[str] = (), merges: Sequence[str] = (), colours: 
             coloured[i] = value
     merged = [(ids, value or None) for ids, value in (parse_id_value(t, "--merge") for t in merges)]
     return named, merged, coloured
-
-
-def rewrite_model_legend(source: str | Path, target: str | Path, edit: dict[str, Any],
-                         overwrite: bool = False) -> Legend:
-    """Write a copy of model file `source` to `target` with its legend edited (`Legend.edit`
-    arguments); `source` is never modified. Returns the new legend."""
-    from .model import read_model_file, write_safetensors
-
-    source, target = Path(source), Path(target)
-    if target.exists() and target.resolve() == source.resolve():
-        raise SegUnifyError("The new model would replace the original; models are never modified in place, "
-                            "give another file name (-o).")
-    if target.exists() and not overwrite:
-        raise SegUnifyError(f"Output '{target}' already exists; choose another output or allow replacing it (--overwrite).")
-    meta, tensors = read_model_file(source)
-    legend = Legend.of_model_file(meta).edit(**edit)
-    meta = {k: v for k, v in meta.items() if k != "legend"}
-    stored = legend.to_metadata()
-    if stored is not None:
-        meta["legend"] = stored
-    write_safetensors(target, tensors, meta)
-    return legend

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import settings
+from .. import settings
+from ..errors import SegUnifyError
+from ..method.inference import codes_from_features, pad_to_patch, predict_labels
+from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .datasets import (
     EvalSample,
     centre_crop_resize,
@@ -26,13 +30,10 @@ from .datasets import (
     potsdam_root,
     read_label_raster,
 )
-from .errors import SegUnifyError
-from .inference import pad_to_patch, predict_labels
 from .metrics import Scores, confusion_matrix, hungarian_scores
-from .model import SegUnifyModel
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 DEFAULT_RESOLUTION = settings.EVAL_RESOLUTION  # SegUnify's; STEGO/HP/PriMaPs use 320
 POTSDAM_VAL_SPLIT = "val"  # the split --val uses on a Potsdam folder (a fixed subset of labelled_train)
@@ -54,7 +55,7 @@ def _folder_samples(root: Path, bands) -> tuple[Iterable[EvalSample], int]:
 
 
 def _file_digest(path: Path) -> str:
-    from .manifest import file_sha256
+    from ..files.manifest import file_sha256
 
     return "sha256:" + file_sha256(path)[:20]
 
@@ -89,7 +90,7 @@ def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
 def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_SPLIT,
              resolution: int = DEFAULT_RESOLUTION, crf: CRF | None = None, flip: bool = settings.FLIP,
              batch_size: int = settings.EVAL_BATCH_SIZE, device: str = "cpu",
-             progress: Callable[[int], None] | None = None) -> tuple[Scores, dict]:
+             progress: Progress | None = None) -> tuple[Scores, dict]:
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
     Refuses (SegUnifyError) test data the model says it validated on."""
@@ -118,8 +119,8 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_
         for s, p in zip(batch, pred, strict=True):
             confusion += confusion_matrix(p, s.labels, n_clusters, n_classes)
         count += len(batch)
-        if progress:
-            progress(len(batch))
+        if progress:  # the number of images is not known ahead
+            progress("evaluate", count, count)
 
     batch: list[EvalSample] = []
     for sample in samples:
@@ -193,8 +194,8 @@ class Validator:
     argmax (no CRF), one confusion matrix and one Hungarian assignment, like `evaluate`."""
 
     def __init__(self, data: ValidationData, backbone, backbone_weights: str | None, cache_dir: Path,
-                 device: torch.device, progress: Callable[[int, int], None] | None = None):
-        from .features import build_cache
+                 device: torch.device, progress: Progress | None = None):
+        from .feature_cache import build_cache
 
         self.data, self.device = data, device
         resolution = int(data.description["resolution"])
@@ -214,7 +215,7 @@ class Validator:
             "precision": backbone.precision}, sort_keys=True).encode()).hexdigest()[:24]
         folder = Path(cache_dir) / f"val-{key}"
         self.cache = build_cache(folder, data.count, read, self.size, backbone, flip=True, device=device,
-                                 progress=progress)
+                                 progress=progress, phase="validation features")
         if len(labels) != data.count:  # the features came from an earlier run: read the labels only
             labels = [data.load(k).labels.astype(np.int16) for k in range(data.count)]
         self.labels = labels
@@ -229,7 +230,7 @@ class Validator:
             for start in range(0, len(self.cache), batch_size):
                 stop = min(len(self.cache), start + batch_size)
                 feats = torch.from_numpy(self.cache.features[start:stop].astype(np.float32)).to(self.device)
-                code = (model.compress(feats[:, 0]) + model.compress(feats[:, 1]).flip(-1)) / 2.0
+                code = codes_from_features(model, feats)
                 log_probs = model.log_probs_from_code(code, (self.size, self.size))
                 pred = log_probs[..., :resolution, :resolution].argmax(1).cpu().numpy()
                 for k, p in zip(range(start, stop), pred, strict=True):

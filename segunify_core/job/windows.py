@@ -1,5 +1,8 @@
-"""Window reading: where the window lattice lies on a raster, how source pixels map to model
-pixels, and reading one planned window as a model-ready RGB array."""
+"""Windows in source and model pixels: where the window lattice lies on a raster, how source pixels
+map to model pixels and back, and reading one planned window as a model-ready RGB array.
+
+Units are in the names: `_px` sizes in model pixels unless named `src_`; a `Tile` is in source
+pixels (the raster's own grid)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,12 @@ import logging
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from affine import Affine
 from rasterio.windows import Window
 
-from .raster_io import RasterReader, ground_sampling_distance
+from ..files.raster_io import RasterReader, ground_sampling_distance
 from .tiling import Tile, WindowPlan
 
 log = logging.getLogger("segunify")
@@ -58,25 +63,36 @@ class TileSource:
         self.reader, self.plan, self.scale, self.patch = reader, plan, scale, patch
         self.model_window = model_window
 
-    def model_shape(self, tile: Tile) -> tuple[int, int]:
+    def model_shape_px(self, tile: Tile) -> tuple[int, int]:
+        """(height, width) in model pixels of a tile given in source pixels."""
         if self.scale == 1.0:
             return tile.height, tile.width
         if tile.height == self.plan.window and tile.width == self.plan.window:
             return self.model_window, self.model_window
         return max(1, round(tile.height / self.scale)), max(1, round(tile.width / self.scale))
 
-    def input_size(self, tile: Tile) -> int:
-        """Side S of the square model input: a patch multiple >= the model window."""
-        return max(self.model_window, math.ceil(max(self.model_shape(tile)) / self.patch) * self.patch)
+    def model_input_px(self, tile: Tile) -> int:
+        """Side S in model pixels of the square model input: a patch multiple >= the model window."""
+        return max(self.model_window, math.ceil(max(self.model_shape_px(tile)) / self.patch) * self.patch)
 
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """RGB (3, S, S) 0..255 (S = input_size), and validity (h, w) of the unpadded
+        """RGB (3, S, S) 0..255 (S = model_input_px), and validity (h, w) of the unpadded
         model-resolution window."""
-        shape = self.model_shape(tile)
+        shape = self.model_shape_px(tile)
         rgb, valid = self.reader.read(Window(tile.col_off, tile.row_off, tile.width, tile.height), shape)
         rgb = np.where(valid[None], rgb, self.reader.fill[:, None, None].astype(np.float32))
-        size = self.input_size(tile)
+        size = self.model_input_px(tile)
         ph, pw = size - shape[0], size - shape[1]
         if ph or pw:  # small rasters: reflect-pad to a whole window; padding is cut off afterwards
             rgb = np.pad(rgb, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(shape) > 1 else "edge")
         return np.ascontiguousarray(rgb, dtype=np.float32), valid
+
+    def to_source_px(self, tile: Tile, model_values: torch.Tensor) -> np.ndarray:
+        """Per-pixel values (C, S, S) computed on `read`'s model input back on the tile's source
+        pixels (C, tile.height, tile.width): the padding cut off, then resampled bilinearly when
+        the model's pixels are not the source's."""
+        mh, mw = self.model_shape_px(tile)
+        values = model_values[None, :, :mh, :mw]
+        if (mh, mw) != (tile.height, tile.width):
+            values = F.interpolate(values, size=(tile.height, tile.width), mode="bilinear", align_corners=False)
+        return values[0].float().cpu().numpy()

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,16 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .backbone import Backbone
+from .. import settings
+from ..errors import SegUnifyError
+from ..files.atomic import atomic_path
+from ..method.backbone import Backbone
+from ..method.inference import window_features
+from ..progress import Progress
 from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
-from .errors import SegUnifyError
 
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("SEGUNIFY_CACHE")
+    env = settings.environment().cache_dir
     base = Path(env) if env else Path.home() / ".cache" / "segunify"
     return base / "features"
 
@@ -87,7 +89,7 @@ class FeatureCache:
 
 def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray] | None, window: int,
                 backbone: Backbone, flip: bool, batch_size: int = 16, device: torch.device | None = None,
-                progress: Callable[[int, int], None] | None = None,
+                progress: Progress | None = None, phase: str = "features",
                 shards: Sequence[np.ndarray] | None = None, shape: tuple[int, ...] | None = None) -> FeatureCache:
     """Compute and store the features of `count` windows (and their flips); reuse a finished cache.
 
@@ -123,13 +125,10 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
                 break
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
-            if flip:  # windows and mirrors in one backbone call
-                feats = torch.stack(backbone(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
-            else:
-                feats = backbone(x)[:, None]
+            feats = window_features(backbone, x, flip)
             store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
             if progress:
-                progress(start + len(chunk), count)
+                progress(phase, start + len(chunk), count)
         store.flush()
         del store
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape)}))
@@ -142,7 +141,7 @@ SHARD_WINDOWS = 64  # windows per shard: a multiple of the backbone batch, secon
 
 @functools.lru_cache(maxsize=1)  # a worker process computes many shards of one job with one backbone
 def _worker_backbone(name: str, weights: str | None, precision: str, device: str, fuse: bool | str) -> Backbone:
-    from .backbone import create_backbone
+    from ..method.backbone import create_backbone
 
     return create_backbone(name, weights, precision=precision, fuse=fuse).to(torch.device(device))
 
@@ -151,7 +150,7 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                   bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str, bool | str], flip: bool,
                   batch_size: int = 16, resize: str = RESIZE_MODES[0]) -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
-    from .manifest import file_sha256
+    from ..files.manifest import file_sha256
 
     model = _worker_backbone(*backbone)
     reader = TrainWindowReader(images, windows, window, bands, resize)
@@ -163,10 +162,7 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
                 x = torch.stack([torch.from_numpy(np.ascontiguousarray(reader(k))) for k in chunk])
                 x = x.to(torch.device(backbone[3]))
                 with torch.inference_mode():
-                    if flip:
-                        feats = torch.stack(model(torch.cat([x, x.flip(-1)])).chunk(2), dim=1)
-                    else:
-                        feats = model(x)[:, None]
+                    feats = window_features(model, x, flip)
                 if store is None:
                     store = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(windows), *feats.shape[1:]))
                 store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
@@ -181,14 +177,15 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
 def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage], windows: Sequence[TrainWindow],
                            window: int, bands: Sequence[int] | None, backbone: Backbone,
                            backbone_weights: str | None, flip: bool, device: str,
-                           progress: Callable[[int, int], None] | None = None,
+                           progress: Progress | None = None,
                            resize: str = RESIZE_MODES[0]) -> FeatureCache:
     """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
     keeps the finished shards. The driver then joins them, in window order, into the cache file."""
-    from .engines import import_distributed, prepare_workers
-    from .manifest import Manifest
+    from ..files.manifest import Manifest
+    from ..job.engines import prepare_workers
+    from ..job.worker import import_distributed
 
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
@@ -212,7 +209,7 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
         manifest.record(str(start), {"features": future.result()})
         done += len(windows[start:start + SHARD_WINDOWS])
         if progress:
-            progress(done, len(windows))
+            progress("features", done, len(windows))
     shards = [np.load(files[s], mmap_mode="r") for s in starts]
     shape = (len(windows), *shards[0].shape[1:])
     build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)

@@ -10,39 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import settings
-from .atomic import atomic_path
+from .. import settings
+from ..files.atomic import atomic_path
+from ..files.manifest import file_sha256
+from ..files.outputs import creation_options, encode_probabilities, probability_storage, read_back
+from ..files.raster_io import RasterReader
+from ..method.inference import window_log_probs
+from ..method.model import SegUnifyModel
+from ..progress import Progress
 from .blending import Blender
-from .manifest import file_sha256
-from .model import SegUnifyModel
-from .outputs import creation_options, encode_probabilities, probability_storage, read_back
 from .planning import Part
-from .raster_io import RasterReader
 from .windows import TileSource
 
 if TYPE_CHECKING:
-    from .crf import CRF
+    from ..method.crf import CRF
 
 # GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
 # keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
 GDAL_CACHE_MB = 128
 WRITE_STRIP_VALUES = 1 << 22  # probabilities written at a time: glibc serves them from its reusable heap
 PART_BLOCK = 256  # tile side inside part files
-
-Progress = Callable[[int], None]  # windows just finished
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ class RunSpec:
 
 def gdal_env() -> rasterio.Env:
     # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax, which takes bytes, not megabytes.
-    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
+    cache = {} if settings.environment().gdal_cachemax is not None else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
     return rasterio.Env(**cache)
 
 
@@ -136,7 +134,8 @@ def _batches(items: list, size: int) -> Iterator[list]:
 @torch.inference_mode()
 def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = None,
              progress: Progress | None = None) -> dict[str, str]:
-    """Compute one part and write its files atomically; returns {file kind: SHA-256}."""
+    """Compute one part and write its files atomically; returns {file kind: SHA-256}. Progress:
+    ("segment", windows of this part done, the part's windows)."""
     raster = part.raster
     plan = raster.window_plan()
     device = torch.device(spec.device)
@@ -149,28 +148,25 @@ def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = 
         strip = max(1, WRITE_STRIP_VALUES // (n * blender.width))
         with contextlib.ExitStack() as stack:
             writer = _PartWriter(stack, reader, part, files, n, spec.probabilities_dtype)
+            done = 0
             for batch in _batches(tiles, spec.batch_size):
                 reads = [source.read(t) for t in batch]
                 keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
                 probs = None
                 if keep:
                     rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
-                    log_probs = model.log_probs_from_code(model.code(rgb, spec.flip), rgb.shape[-2:])
+                    log_probs = window_log_probs(model, rgb, spec.flip)
                     probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
                 final = blender.top
                 for i, tile in enumerate(batch):
                     if probs is not None and i in keep:
-                        j = keep.index(i)
-                        mh, mw = source.model_shape(tile)
-                        p = probs[j:j + 1, :, :mh, :mw]
-                        if (mh, mw) != (tile.height, tile.width):
-                            p = F.interpolate(p, size=(tile.height, tile.width), mode="bilinear", align_corners=False)
-                        final = blender.add(tile, p[0].float().cpu().numpy())
+                        final = blender.add(tile, source.to_source_px(tile, probs[keep.index(i)]))
                     else:  # nothing valid: not blended, but its row may still close
                         final = blender.final_row(tile)
                     for row, rows_probs, covered in blender.strips(final, strip):
                         writer.write(row, blender.col0, rows_probs, covered)
+                done += len(batch)
                 if progress:
-                    progress(len(batch))
+                    progress("segment", done, len(tiles))
             writer.finish()
     return {kind: file_sha256(path) for kind, path in files.items()}

@@ -11,8 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..errors import SegUnifyError
 from .atomic import write_text_atomic
-from .errors import SegUnifyError
 
 MANIFEST = "manifest.json"
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .raster_io import RasterReader, RasterStats
+from ..files.raster_io import RasterReader, RasterStats
 from .tiling import Tile, WindowPlan
 from .windows import choose_scale, source_window_plan
 

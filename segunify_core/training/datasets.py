@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .errors import SegUnifyError
-from .raster_io import IMAGE_SUFFIXES, RasterReader, list_images
+from ..errors import SegUnifyError
+from ..files.raster_io import IMAGE_SUFFIXES, RasterReader, list_images
 
 POTSDAM_SPLITS = {
     "test": ("labelled_test.txt",),

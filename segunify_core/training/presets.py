@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SegUnifyError
-from .training import TrainConfig, flag
+from ..errors import SegUnifyError
+from .trainer import TrainConfig, flag
 
 BACKBONE = "backbone"  # the one preset value that is not a TrainConfig field
 
@@ -121,6 +121,6 @@ def markdown_table(name: str) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # print the README tables: python -m segunify_core.presets
+if __name__ == "__main__":  # print the README tables: python -m segunify_core.training.presets
     for preset_name in PRESETS:
         print(f"`--preset {preset_name}`: {PRESETS[preset_name].summary}\n\n{markdown_table(preset_name)}\n")

@@ -1,132 +1,35 @@
-"""The SegUnify model (backbone + Compressor + Labeler), its inference, and its model file.
+"""Model files: reading and writing them, their format checks, and rewriting a model file's legend.
 
 A model file is one safetensors file: the Compressor and Labeler tensors, and JSON metadata
 (format version, backbone, hyper-parameters, bands, GSD, training data summary). The backbone is
 not stored: it is frozen and named, and comes from timm's hub or a local checkpoint. A model
 trained on a local checkpoint records its path and SHA-256 ("backbone_weights"); loading uses
-that file when no other is given, and refuses weights with another hash.
+that file when no other is given, and refuses weights with another hash. The training state
+(`training.trainer`) uses the same container (`write_safetensors` / `read_safetensors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from . import settings
+from ..errors import SegUnifyError, write_failure
+from ..method.backbone import Backbone, create_backbone
+from ..method.checkpoints import WeightsFile
+from ..method.legend import Legend
+from ..method.model import ModelConfig, SegUnifyModel
 from .atomic import atomic_path
-from .backbone import BACKBONES, DEFAULT_BACKBONE, Backbone, WeightsFile, create_backbone
-from .compressor import Compressor
-from .errors import SegUnifyError, write_failure
-from .labeler import Labeler
-from .legend import Legend
 
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
 WEIGHTS_KEY = "backbone_weights"  # metadata: {"path", "sha256"} of the local backbone checkpoint
-LOGIT_SCALE = 2.0  # teacher logits are doubled before the log-softmax at inference (reference)
+META_KEY = "segunify"  # the safetensors header entry holding the JSON metadata
 # Config keys renamed since files were first written: old key -> current field (read, never written).
 RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
-
-
-@dataclasses.dataclass
-class HeadConfig:
-    """The trained head (Compressor and Labeler) and its input bands: what TrainConfig asks for and
-    ModelConfig records, declared once for both."""
-
-    classes: int = settings.CLASSES
-    extra_clusters: int = settings.EXTRA_CLUSTERS
-    code_dim: int = settings.CODE_DIM
-    dropout: float = settings.DROPOUT
-    nonlinear: bool = settings.NONLINEAR
-    outer_silu: bool = settings.OUTER_SILU
-    local_sets: int = settings.LOCAL_SETS  # local (student) prototype sets; inference uses the global set only
-    bands: list[int] | None = None  # 1-based band numbers used in training (None: default choice)
-
-    @property
-    def n_clusters(self) -> int:
-        return self.classes + self.extra_clusters
-
-
-@dataclasses.dataclass
-class ModelConfig(HeadConfig):
-    backbone: str = DEFAULT_BACKBONE
-    feature_dim: int = BACKBONES[DEFAULT_BACKBONE].feature_dim  # backbone channels
-    patch_size: int = BACKBONES[DEFAULT_BACKBONE].patch_size
-    gsd: float | None = None  # ground sampling distance of the training windows, metres
-
-
-class SegUnifyModel(nn.Module):
-    def __init__(self, config: ModelConfig, backbone: Backbone | None = None):
-        super().__init__()
-        self.config = config
-        self.backbone = backbone
-        self.compressor = Compressor(config.feature_dim, config.code_dim, config.dropout,
-                                     config.nonlinear, config.outer_silu)
-        self.labeler = Labeler(config.code_dim, config.n_clusters, config.local_sets)
-        self.metadata: dict[str, Any] = {}
-        self.legend = Legend.default(config.n_clusters)  # names, colours, merges of the clusters
-
-    @property
-    def n_classes(self) -> int:
-        """Classes the model labels: its clusters, after the legend's merges."""
-        return self.legend.n_classes
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        """The trained tensors (Compressor and Labeler), without the frozen backbone."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
-    @property
-    def attached_backbone(self) -> Backbone:
-        """The backbone (a model loaded by `load_model` always has one)."""
-        if self.backbone is None:
-            raise RuntimeError("model has no backbone attached")
-        return self.backbone
-
-    @torch.inference_mode()
-    def code(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
-        """Codes (B, D, h, w) of 0..255 RGB windows, averaged with the horizontal flip."""
-        if not flip:
-            return self.compress(self.attached_backbone(rgb))
-        # One backbone call for windows and mirrors (the backbone batches or loops, as runs fastest).
-        feats, mirrored = self.attached_backbone(torch.cat([rgb, rgb.flip(-1)])).chunk(2)
-        return (self.compress(feats) + self.compress(mirrored).flip(-1)) / 2.0
-
-    def compress(self, features: torch.Tensor) -> torch.Tensor:
-        """The Compressor at inference, with results independent of the thread count: oneDNN's 1x1
-        convolutions split their sums by threads, so a part on a 1-thread Dask worker would differ
-        from the same part in a 2-thread process in the last bits."""
-        with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
-            return self.compressor(features)
-
-    @torch.inference_mode()
-    def log_probs_from_code(self, code: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """(B, K', H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits,
-        log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes.
-
-        Same values as `labeler.teacher_logits` on the upsampled code, computed channels-last (the
-        code vector of a pixel contiguous), which is 4x faster on CPU than the channels-first form.
-        """
-        code = F.interpolate(code.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
-                             align_corners=False).permute(0, 2, 3, 1)
-        prototypes = F.normalize(self.labeler.global_prototypes, dim=1).T * LOGIT_SCALE
-        norms = torch.linalg.vector_norm(code, dim=-1, keepdim=True).clamp_min_(1e-12)
-        logits = (code @ prototypes).div_(norms)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if not self.legend.is_identity:  # merged clusters: their probabilities add up
-            log_probs = torch.log(log_probs.exp() @ self.legend.merge_matrix(log_probs.device, log_probs.dtype))
-        return log_probs.permute(0, 3, 1, 2).contiguous()
-
-    @torch.inference_mode()
-    def log_probs(self, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
-        """Per-pixel log-probabilities (B, K, H, W) from the global prototypes."""
-        return self.log_probs_from_code(self.code(rgb, flip), rgb.shape[-2:])
 
 
 def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -160,30 +63,43 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[s
                             "folder.") from None
     with atomic_path(path) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata={"segunify": json.dumps(meta)})
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
         except Exception as exc:  # safetensors reports a full disk in its own error type
             raise write_failure(path, exc) from None
 
 
-def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a model file; never unpickles."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The raw header metadata and tensors of a safetensors file (never unpickles); raises what
+    safetensors raises on an unreadable file. Callers check the format and word the error."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    return header, load_file(str(path))
+
+
+def read_json_metadata(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The JSON metadata (under META_KEY) and tensors of a file this module wrote; raises on an
+    unreadable file or missing/broken metadata."""
+    header, tensors = read_safetensors(path)
+    return json.loads(header[META_KEY]), tensors
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a model file; never unpickles."""
     path = Path(path)
     if not path.is_file():
         raise SegUnifyError(f"Model file '{path}' does not exist; check the model file (--model).")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        tensors = load_file(str(path))
+        header, tensors = read_safetensors(path)
     except Exception:
         raise SegUnifyError(f"'{path}' is not a SegUnify model file (not a readable safetensors "
                             "file, or truncated); pass a model written by `segunify train`.") from None
     not_a_model = SegUnifyError(f"'{path}' is a safetensors file but not a SegUnify model; pass a model "
                                 "written by `segunify train`.")
     try:
-        meta = json.loads(header["segunify"])
+        meta = json.loads(header[META_KEY])
         version = int(meta["format_version"])
     except (KeyError, TypeError, ValueError):
         raise not_a_model from None
@@ -264,3 +180,23 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
                       if k not in ("format", "format_version", "config", "legend", WEIGHTS_KEY)}
     model.legend = Legend.from_metadata(meta.get("legend"), config.n_clusters)
     return model.eval()
+
+
+def rewrite_model_legend(source: str | Path, target: str | Path, edit: dict[str, Any],
+                         overwrite: bool = False) -> Legend:
+    """Write a copy of model file `source` to `target` with its legend edited (`Legend.edit`
+    arguments); `source` is never modified. Returns the new legend."""
+    source, target = Path(source), Path(target)
+    if target.exists() and target.resolve() == source.resolve():
+        raise SegUnifyError("The new model would replace the original; models are never modified in place, "
+                            "give another file name (-o).")
+    if target.exists() and not overwrite:
+        raise SegUnifyError(f"Output '{target}' already exists; choose another output or allow replacing it (--overwrite).")
+    meta, tensors = read_model_file(source)
+    legend = Legend.of_model_file(meta).edit(**edit)
+    meta = {k: v for k, v in meta.items() if k != "legend"}
+    stored = legend.to_metadata()
+    if stored is not None:
+        meta["legend"] = stored
+    write_safetensors(target, tensors, meta)
+    return legend

@@ -10,8 +10,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from ..method.legend import Legend, hex_colour
 from .atomic import atomic_path
-from .legend import Legend, hex_colour
 from .raster_io import RasterReader
 
 

@@ -1,41 +1,31 @@
-"""Engines that run a job's parts: in this process, or on a Dask cluster.
+"""Engines that run a job's parts, the driver's side: in this process, or on a Dask cluster.
 
 Both run the same `run_part`. On Dask, parts are submitted with the futures API (`pure=False`,
-one key per part) and every worker process loads the model once from the model file (a
-per-process cache keyed by the file's SHA-256), so no task carries the model. Dask is imported
-only when a cluster is asked for.
+one key per part) as `worker.run_part_task`; the worker side (`worker.py`) loads the model once
+per process from the model file, so no task carries the model. Dask is imported only when a
+cluster is asked for. Public surface: `connect`, `close_client`, `as_client`, `prepare_workers`,
+`run_parts`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .errors import SegUnifyError
-from .parts import Progress, RunSpec, run_part
+from ..errors import SegUnifyError
+from ..progress import Progress
+from .parts import RunSpec, run_part
 from .planning import Part
+from .worker import host_of, import_distributed, run_part_task, torch_threads_plugin
 
 if TYPE_CHECKING:
-    from .crf import CRF
-    from .model import SegUnifyModel
+    from ..method.crf import CRF
+    from ..method.model import SegUnifyModel
 
 Result = tuple[Part, dict[str, str] | None, BaseException | None]
-INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
 WORKER_TIMEOUT_S = 120  # nanny start-up is slow on loaded machines
-
-
-def import_distributed():
-    try:
-        import distributed
-    except ImportError:
-        raise SegUnifyError(INSTALL_HINT) from None
-    return distributed
 
 
 def parse_cluster(text: str) -> int:
@@ -88,67 +78,6 @@ def as_client(client: Any):
     return import_distributed().Client(client, timeout=WORKER_TIMEOUT_S)
 
 
-# --- worker side -------------------------------------------------------------------------------
-
-def worker_model(spec: RunSpec):
-    """The model and CRF of this spec, loaded once per process (a worker runs many parts)."""
-    if spec.model_file is None:
-        raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
-    return _load_worker_model(spec.model_file, spec.model_sha256, spec.backbone_weights, spec.device,
-                              spec.precision, spec.fuse, spec.crf)
-
-
-@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
-def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
-                       precision: str, fuse: bool | str, crf: str):
-    from .backbone import choose_precision
-    from .crf import make_crf
-    from .model import load_model
-
-    device = torch.device(device_name)
-    model = load_model(model_file, backbone_weights=backbone_weights,
-                       precision=choose_precision(precision, device), fuse=fuse)
-    # A Dask worker is a daemon process and may not start the CRF's own worker processes.
-    return model.to(device).eval(), make_crf(crf, workers=1)
-
-
-def run_part_task(part: dict, spec: dict) -> dict[str, str]:
-    """The Dask task: one part, from JSON-like arguments."""
-    run = RunSpec(**spec)
-    model, crf = worker_model(run)
-    return run_part(Part.from_dict(part), run, model, crf)
-
-
-def _host(address: str) -> str:
-    return address.rsplit(":", 1)[0].split("://")[-1]
-
-
-def set_torch_threads(workers_per_host: dict[str, int], address: str) -> None:
-    """Torch threads of a worker: its host's cores shared by that host's workers (Dask's nanny sets
-    OMP_NUM_THREADS=1, which would leave torch on one thread)."""
-    share = workers_per_host.get(_host(address)) or workers_per_host.get(socket.gethostname()) or 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
-
-
-def torch_threads_plugin(workers_per_host: dict[str, int]):
-    """A Dask WorkerPlugin (made here: Dask is imported only for cluster runs) that sets torch's
-    threads on every worker, including workers that join or restart later, and tunes the worker
-    process's allocator for the backbone (a worker runs only our tasks)."""
-    import_distributed()  # the clear message when the extra is missing
-    from distributed import WorkerPlugin
-
-    class TorchThreads(WorkerPlugin):
-        name = "segunify-torch-threads"
-
-        def setup(self, worker) -> None:
-            from .backbone import reuse_freed_memory
-
-            set_torch_threads(workers_per_host, worker.address)
-            reuse_freed_memory()
-
-    return TorchThreads()
-
-
 def prepare_workers(client) -> None:
     """Set up every worker of the client's cluster (torch threads, allocator) for our tasks."""
     client.register_plugin(torch_threads_plugin(_workers_per_host(client)))
@@ -157,17 +86,33 @@ def prepare_workers(client) -> None:
 def _workers_per_host(client) -> dict[str, int]:
     counts: dict[str, int] = {}
     for address in client.scheduler_info().get("workers", {}):
-        counts[_host(address)] = counts.get(_host(address), 0) + 1
+        counts[host_of(address)] = counts.get(host_of(address), 0) + 1
     return counts
 
 
-# --- driver side -------------------------------------------------------------------------------
+class _JobProgress:
+    """The "segment" phase over all of a job's windows: parts report their own windows, this adds
+    them to those of the parts finished before (`done`: windows already done, e.g. resumed)."""
+
+    def __init__(self, progress: Progress | None, done: int, total: int):
+        self.progress, self.done, self.total = progress, done, total
+
+    def part(self, windows_done: int) -> None:
+        if self.progress:
+            self.progress("segment", self.done + windows_done, self.total)
+
+    def part_finished(self, part: Part) -> None:
+        self.done += len(part.tiles())
+        self.part(0)
+
 
 def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, crf: CRF | None,
-                   progress: Progress | None = None) -> Iterator[Result]:
+                   progress: _JobProgress) -> Iterator[Result]:
     for part in parts:
         try:
-            yield part, run_part(part, spec, model, crf, progress), None
+            hashes = run_part(part, spec, model, crf, lambda phase, done, total, stats=None: progress.part(done))
+            progress.done += len(part.tiles())
+            yield part, hashes, None
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
         except Exception as exc:  # reported per part; the caller decides what fails
@@ -175,7 +120,7 @@ def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, c
 
 
 def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
-                progress: Progress | None = None, retries: int = 2) -> Iterator[Result]:
+                progress: _JobProgress, retries: int = 2) -> Iterator[Result]:
     distributed = import_distributed()
     if spec.model_file is None:
         raise ValueError("a cluster run needs the model as a file")
@@ -199,22 +144,22 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
             except Exception as exc:
                 yield part, None, exc
                 continue
-            if progress:
-                progress(len(part.tiles()))
+            progress.part_finished(part)
             yield part, result, None
     finally:
         client.cancel(futures)
 
 
 def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model: SegUnifyModel | None = None,
-              crf: CRF | None = None, job: str = "job",
-              progress: Progress | None = None) -> Iterator[Result]:
-    """Run parts in this process (client None) or on the client's cluster; results as they finish."""
+              crf: CRF | None = None, job: str = "job", progress: Progress | None = None,
+              windows_done: int = 0, windows_total: int | None = None) -> Iterator[Result]:
+    """Run parts in this process (client None) or on the client's cluster; results as they finish.
+    Progress: ("segment", windows done, windows in all), counting `windows_done` (of parts done
+    before, e.g. resumed) in; `windows_total` defaults to those of `parts` plus `windows_done`."""
+    total = windows_total if windows_total is not None else windows_done + sum(len(p.tiles()) for p in parts)
+    counter = _JobProgress(progress, windows_done, total)
     if client is None:
         if model is None:
             raise ValueError("running parts in this process needs the model")
-        return run_in_process(parts, spec, model, crf, progress)
-    return run_on_dask(client, parts, spec, job, progress)
-
-
-ProgressFactory = Callable[[int], Progress]
+        return run_in_process(parts, spec, model, crf, counter)
+    return run_on_dask(client, parts, spec, job, counter)
