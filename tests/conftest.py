@@ -15,7 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = "vit_tiny_patch16_224"  # a timm ViT name: 5.7M parameters, fast on CPU
 
 
-from tests.helpers import samples, samples_dir  # noqa: E402,F401 - the fixture is shared with tests/qgis
+from tests.helpers import missing, samples, samples_dir, samples_stay_untouched  # noqa: E402,F401 - shared with tests/qgis
+
+
+@pytest.fixture
+def pydensecrf() -> None:
+    """For tests of the pydensecrf CRF backend (the crf extra): skipped without it, failed in CI."""
+    from segunify_core.method.crf import pydensecrf_available
+
+    if not pydensecrf_available():
+        missing("pydensecrf2 (the crf extra) is not installed: pip install \"segunify[crf]\"")
 
 
 @pytest.fixture(scope="session")

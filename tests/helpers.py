@@ -3,10 +3,17 @@ own Python, without torch or rasterio)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -19,12 +26,50 @@ def samples_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def in_ci() -> bool:
+    """CI sets CI=true (.ci/run): there every optional part must be present."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str) -> NoReturn:
+    """A test's optional part (pydensecrf, Dask, the samples, QGIS) is missing: skip it, but fail in CI,
+    where a skip would hide that the part was never tested."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: every optional part is required)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, reason: str) -> ModuleType:
+    """`name` imported, or `missing(reason)` (pytest.importorskip that fails in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(reason)
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     path = samples_dir()
     if path is None:
-        pytest.skip("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
+        missing("sample rasters not found: set SEGUNIFY_SAMPLES or put them in ../shared/samples")
     return path
+
+
+def tree_listing(folder: Path) -> set[str]:
+    """Every file and folder under `folder`, as paths relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def samples_stay_untouched():
+    """Tests never write beside their inputs: nothing may appear under the samples (GDAL's .aux.xml
+    statistics, say) during the run."""
+    folder = samples_dir()
+    before = tree_listing(folder) if folder else set()
+    yield
+    if folder:
+        added = sorted(tree_listing(folder) - before)
+        assert not added, f"the tests wrote into the samples folder {folder}: {added}"
 
 
 class _Exploit:
@@ -51,3 +96,28 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def paused_cli(args: list[str], phase: str, percent: int, ready: Path | None = None) -> subprocess.Popen:
+    """`segunify --progress json ARGS`, held inside its progress callback at `phase` >= `percent`
+    (once `ready` exists): see tests/paused_cli.py. Signal it with interrupt_when_paused."""
+    command = [sys.executable, "-m", "tests.paused_cli", phase, str(percent), str(ready or "-"), "--progress", "json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(command + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=_default_signals)
+
+
+def interrupt_when_paused(proc: subprocess.Popen, sig: int) -> dict:
+    """Read the child's progress until it says it is paused, signal it there; the paused event."""
+    assert proc.stdout is not None and proc.stderr is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("type") == "paused":
+            proc.send_signal(sig)
+            return event
+    proc.wait(timeout=60)
+    raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching the pause: {proc.stderr.read()}")

@@ -34,7 +34,7 @@ def test_torch_crf_odd_sizes():
     assert TorchDenseCRF()(image, log_probs).shape == (1, 2, 37, 37)
 
 
-@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (the crf extra) is not installed")
+@pytest.mark.usefixtures("pydensecrf")
 def test_backends_agree_on_synthetic_image():
     image, log_probs, truth = noisy_two_region(seed=1)
     a = PyDenseCRF()(image, log_probs).argmax(1)
@@ -43,7 +43,7 @@ def test_backends_agree_on_synthetic_image():
     assert (a[0] == truth).float().mean() > 0.97
 
 
-@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (the crf extra) is not installed")
+@pytest.mark.usefixtures("pydensecrf")
 def test_backends_agree_on_real_image(samples):
     import rasterio
 
@@ -67,7 +67,7 @@ def test_make_crf():
         make_crf("fancy")
 
 
-@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (the crf extra) is not installed")
+@pytest.mark.usefixtures("pydensecrf")
 def test_pydensecrf_parallel_workers_give_the_serial_result():
     images, log_probs = [], []
     for seed in range(4):
@@ -75,12 +75,17 @@ def test_pydensecrf_parallel_workers_give_the_serial_result():
         images.append(image)
         log_probs.append(lp)
     images, log_probs = torch.cat(images), torch.cat(log_probs)
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
     parallel = PyDenseCRF(workers=2)
     try:
         out = parallel(images, log_probs)
-        assert parallel._pool is not None, "the windows went to worker processes"
+        workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+        assert len(workers) == 2, "the windows went to two worker processes"
     finally:
         parallel.close()
+    assert not [p for p in workers if p.is_alive()], "close() ends the workers"
     torch.testing.assert_close(out, PyDenseCRF(workers=1)(images, log_probs), atol=0, rtol=0)
 
 

@@ -41,7 +41,10 @@ def test_merge_renumbers_by_lowest_cluster():
     assert legend.names == ["road", "roof", "vegetation", "class 6"]
     assert [c.clusters for c in legend.classes] == [(0,), (1, 2), (3, 4), (5,)]
     assert legend.classes[3].colour == (0xC0, 0x39, 0x2B)
-    assert legend.classes[1].colour == legend.classes[1].colour == tuple(map(int, class_colours(6)[1]))
+    defaults = [tuple(map(int, c)) for c in class_colours(6)]
+    assert len(set(defaults)) == 6
+    # a merged class keeps its lowest member's colour; unedited classes keep theirs
+    assert [c.colour for c in legend.classes] == [defaults[0], defaults[1], defaults[3], (0xC0, 0x39, 0x2B)]
     assert not legend.is_identity
     # Non-adjacent members: the merged class takes its lowest member's place, the rest move up.
     apart = edited(5, merges=["5,2=x"])

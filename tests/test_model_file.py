@@ -221,10 +221,10 @@ def test_format_checks_fire_under_python_O(tmp_path):
     code = f"""
 from segunify_core.errors import SegUnifyError
 from segunify_core.files.model_file import read_model_file
-from segunify_core.training.trainer import Trainer
+from segunify_core.training.trainer import read_train_state
 assert False, "this interpreter must run with -O"
 for name, check in (("model", lambda: read_model_file({str(model_like)!r})),
-                    ("state", lambda: Trainer.__new__(Trainer).load_state({str(state_like)!r}))):
+                    ("state", lambda: read_train_state({str(state_like)!r}))):
     try:
         check()
         print(name, "accepted")

@@ -24,13 +24,9 @@ from segunify_core.files.raster_io import RasterReader, choose_bands
 from segunify_core.job.tiling import WindowPlan
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.conftest import TINY_VIT
-from tests.helpers import exploit_pickle
+from tests.helpers import exploit_pickle, interrupt_when_paused, paused_cli
 
 CLI = [sys.executable, "-m", "segunify_cli"]
-
-
-def _default_signals():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def digest(folder: Path) -> dict:
@@ -339,31 +335,36 @@ def test_train_disk_full(env, tmp_path):
 
 
 # ---------------------------------------------------------------- interruptions
-def _interrupt_when(proc, phase: str, percent: int, sig) -> int:
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("phase") == phase and event.get("percent", 0) >= percent:
-            proc.send_signal(sig)
-            return event["percent"]
-    return -1
+TRAIN_ARGS = ["--backbone", TINY_VIT, "--steps", "60", "--batch-size", "4", "--max-windows", "8", "--window", "64",
+              "--checkpoint-every", "10", "--seed", "5"]
+
+
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory, tiny_weights) -> tuple[Path, Path]:
+    """A training image and the model of an uninterrupted run on it (shared by the interrupt tests)."""
+    folder = tmp_path_factory.mktemp("train_reference")
+    data = write_geotiff(folder / "train.tif", make_blobs(400, 400, seed=7)[0])
+    ref = folder / "ref.safetensors"
+    subprocess.run(CLI + ["train", str(data), "-o", str(ref), "--backbone-weights", str(tiny_weights),
+                          "--cache-dir", str(folder / "cache"), *TRAIN_ARGS], check=True, capture_output=True,
+                   timeout=600)
+    return data, ref
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_train_interrupted_then_resumed(env, tmp_path, sig):
-    img, _ = make_blobs(400, 400, seed=7)
-    data = write_geotiff(env["inputs"] / "train.tif", img)
-    base = ["train", str(data), "--backbone", TINY_VIT, "--backbone-weights", str(env["weights"]), "--steps", "60",
-            "--batch-size", "4", "--max-windows", "8", "--window", "64", "--checkpoint-every", "10",
-            "--cache-dir", str(tmp_path / "cache"), "--seed", "5"]
-    ref = env["out"] / "ref.safetensors"
-    subprocess.run(CLI + base + ["-o", str(ref)], check=True, capture_output=True, timeout=600)
+def test_train_interrupted_then_resumed(env, tmp_path, train_reference, sig):
+    source, ref = train_reference
+    data = env["inputs"] / "train.tif"
+    data.write_bytes(source.read_bytes())
+    base = ["train", str(data), "--backbone-weights", str(env["weights"]), "--cache-dir", str(tmp_path / "cache"),
+            *TRAIN_ARGS]
     model = env["out"] / "model.safetensors"
     before = digest(env["inputs"])
-    proc = subprocess.Popen(CLI + ["--progress", "json"] + base + ["-o", str(model)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
-    at = _interrupt_when(proc, "train", 40, sig)
+    proc = paused_cli(base + ["-o", str(model)], "train", 40)
+    paused = interrupt_when_paused(proc, sig)
     proc.wait(timeout=120)
-    assert 0 <= at < 100 and proc.returncode == 130
+    assert 24 <= paused["done"] < 60, paused  # step 24 of 60: two checkpoints (10, 20) are behind it
+    assert proc.returncode == 130, proc.stderr.read()
     assert not model.exists(), "no model file from an interrupted run"
     state = env["out"] / "model.train-state.safetensors"
     assert state.exists(), "the last complete checkpoint is kept"
@@ -381,21 +382,19 @@ def test_batch_interrupted(env, sig):
     folder = env["inputs"] / "tiles"
     folder.mkdir()
     for i in range(4):
-        img, _ = make_blobs(700, 700, seed=10 + i)
+        img, _ = make_blobs(300, 300, seed=10 + i)
         write_geotiff(folder / f"t{i}.tif", img)
     before = digest(folder)
     out = env["out"] / "batch"
-    proc = subprocess.Popen(CLI + ["--progress", "json", "batch", str(folder), str(out), "--model", str(env["model"]),
-                                   "--backbone-weights", str(env["weights"]), "--window", "224", "--stride", "160",
-                                   "--batch-size", "1", "--resume"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
-    for line in proc.stdout:  # one job over the four files; each file is assembled once its parts are in
-        event = json.loads(line)
-        if (out / "t0_classes.tif").exists() and event.get("phase") == "segment" and 40 <= event["percent"] < 75:
-            proc.send_signal(sig)
-            break
+    # one job over the four files; each file is assembled once its parts are in: pause in the job's
+    # windows once the first file is written (the others' windows are still to come)
+    proc = paused_cli(["batch", str(folder), str(out), "--model", str(env["model"]), "--backbone-weights",
+                       str(env["weights"]), "--window", "224", "--stride", "160", "--batch-size", "1"],
+                      "segment", 0, ready=out / "t0_classes.tif")
+    paused = interrupt_when_paused(proc, sig)
     proc.wait(timeout=120)
-    assert proc.returncode == 130
+    assert paused["done"] < paused["total"]
+    assert proc.returncode == 130, proc.stderr.read()
     names = sorted(os.listdir(out))
     # the finished file stays, nothing partial; with --resume the job's finished parts stay for the next run
     assert names == [".segunify-parts", "t0_classes.qml", "t0_classes.tif", "t0_classes.tif.aux.xml"], names

@@ -23,7 +23,7 @@ from segunify_core.method.model import ModelConfig, SegUnifyModel
 from segunify_core.synthetic import make_blobs, write_geotiff
 from segunify_core.training.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
 from segunify_core.training.evaluation import evaluate
-from segunify_core.training.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.training.presets import BACKBONE, PRESETS, cli_value, markdown_table, resolve
 from segunify_core.training.trainer import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
 from tests.conftest import REPO, TINY_VIT
 from tests.test_potsdam import fabricate
@@ -284,7 +284,7 @@ def test_every_preset_flag_sets_its_value(name):
     from cli.train import command
 
     for field, value in PRESETS[name].values().items():
-        ctx = command.make_context("train", ["data", "-o", "m.safetensors", *_cli_value(field, value).split()])
+        ctx = command.make_context("train", ["data", "-o", "m.safetensors", *cli_value(field, value).split()])
         assert ctx.params[field] == value, field
 
 
@@ -466,3 +466,37 @@ def test_evaluate_prints_its_protocol(potsdam, tiny_model, tiny_weights):
     assert re.fullmatch(r"protocol: potsdam-3 split test \(4 images\), 224 px \(shorter side resized, centre crop\), "
                         rf"backbone {TINY_VIT} in fp32, flip averaging on, CRF none; checkpoint: last step",
                         line), line
+
+
+# --- the real float16 feature cache -----------------------------------------------------------
+
+def test_real_float16_cache_stores_half_floats_and_trains_like_its_values(tmp_path):
+    """FeatureCache (float16 on disk, memory-mapped) is what training reads: it holds the features
+    rounded to half floats, returns them as float32 in the order asked (unsorted, repeated indices),
+    and a trainer on it takes exactly the steps of one on the same values in memory."""
+    from types import SimpleNamespace
+
+    from segunify_core.training.feature_cache import FeatureCache, build_cache
+
+    memory = MemoryCache(n=7, views=2, width=16, grid=4, seed=3)
+    shape = tuple(memory.features.shape)
+    geometry = SimpleNamespace(patch_size=16, feature_dim=16)  # build_cache reads only these of a backbone
+    cache = build_cache(tmp_path / "cache", len(memory), None, 64, geometry, flip=True,
+                        shards=[memory.features[:4].numpy(), memory.features[4:].numpy()], shape=shape)
+    assert isinstance(cache, FeatureCache) and len(cache) == 7 and cache.views == 2
+    assert (tmp_path / "cache" / "features.f16").stat().st_size == np.prod(shape) * 2, "two bytes a value"
+    halves = memory.features.half().float()
+    assert not torch.equal(halves, memory.features), "the rounding is real"
+    memory.features = halves
+    indices, views = torch.tensor([5, 0, 3, 3, 6]), torch.tensor([1, 0, 1, 0, 1])
+    got = cache.batch(indices, views)
+    assert got.dtype == torch.float32 and torch.equal(got, memory.batch(indices, views))
+    assert torch.equal(FeatureCache(tmp_path / "cache").batch(indices, views), got), "reopened from disk"
+
+    on_disk, in_memory = small_trainer(), small_trainer()
+    on_disk.cache, in_memory.cache = cache, memory
+    for _ in range(4):
+        a, b = on_disk.train_step(), in_memory.train_step()
+        assert a == b
+    for k, v in in_memory.model.head_state().items():
+        assert torch.equal(v, on_disk.model.head_state()[k]), k

@@ -108,7 +108,8 @@ def resolve(name: str | None, explicit: Mapping[str, Any], backbone: str | None 
     return TrainConfig(**values), chosen_backbone
 
 
-def _cli_value(field: str, value: Any) -> str:
+def cli_value(field: str, value: Any) -> str:
+    """How `segunify train` spells `field` = `value`: `--flag VALUE`, `--flag` or `--no-flag`."""
     if isinstance(value, bool):
         return flag(field) if value else "--no-" + flag(field)[2:]
     return f"{flag(field)} {value}"
@@ -119,7 +120,7 @@ def markdown_table(name: str) -> str:
     preset = get_preset(name)
     rows = ["| setting | flag | value | reference run |", "| --- | --- | --- | --- |"]
     for field, setting in preset.settings.items():
-        rows.append(f"| {field} | `{_cli_value(field, setting.value)}` | {setting.value} | {setting.why} |")
+        rows.append(f"| {field} | `{cli_value(field, setting.value)}` | {setting.value} | {setting.why} |")
     return "\n".join(rows)
 
 

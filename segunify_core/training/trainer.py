@@ -150,6 +150,20 @@ def lr_factor(schedule: str, step: int, steps: int, power: float, epoch_steps: i
     raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
 
 
+def read_train_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A training checkpoint's metadata and tensors; SegUnifyError for anything else (checked without
+    `assert`, so also under `python -O`)."""
+    damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
+                            "and train without resuming (--resume).")
+    try:
+        meta, tensors = read_json_metadata(path)
+    except Exception:  # unreadable safetensors, no or broken JSON metadata
+        raise damaged from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
+        raise damaged
+    return meta, tensors
+
+
 class Trainer:
     """Trains the model's Compressor and Labeler on a feature cache, on the model's device."""
 
@@ -252,14 +266,7 @@ class Trainer:
         write_safetensors(path, tensors, meta)
 
     def load_state(self, path: Path) -> dict[str, Any]:
-        damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
-                                "and train without resuming (--resume).")
-        try:
-            meta, tensors = read_json_metadata(path)
-        except Exception:  # unreadable safetensors, no or broken JSON metadata
-            raise damaged from None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
-            raise damaged
+        meta, tensors = read_train_state(path)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                                    strict=False)
         opt = self.optimizer.state_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,15 @@ QgsApplication.processingRegistry().addProvider(_provider)
 
 from qgis.core import QgsProcessingFeedback  # noqa: E402
 
-from tests.helpers import samples  # noqa: E402,F401 - shared fixture
+from tests.helpers import samples, samples_stay_untouched  # noqa: E402,F401 - shared fixtures
+
+
+def pytest_collection_modifyitems(items):
+    """Every test here needs Debian's QGIS: marked `qgis` (pyproject.toml's marker)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.qgis)
 
 
 class CancelAt(QgsProcessingFeedback):
@@ -61,6 +70,21 @@ class CancelAt(QgsProcessingFeedback):
         if value >= self.at and self.cancelled_at is None:
             self.cancelled_at = value
             self.cancel()
+
+
+@pytest.fixture
+def sample_copy(request, tmp_path_factory):
+    """copy("rasterio/cogeo.tif"): that sample raster copied into a folder of the test's own. QGIS and
+    GDAL write statistics (.aux.xml) beside the rasters they open: never into the samples."""
+    source = request.getfixturevalue("samples")  # skipped (failed in CI) without them
+    folder = tmp_path_factory.mktemp("inputs")
+
+    def copy(name: str) -> Path:
+        dest = folder / Path(name).name
+        shutil.copy(source / name, dest)
+        return dest
+
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -86,11 +86,23 @@ def test_gpu_found_with_nvidia_smi(monkeypatch, tmp_path):
     assert installer.detect_gpu() is None
 
 
-def test_base_python_is_qgis_own():
+def test_base_python_is_qgis_own(monkeypatch):
+    """Inside QGIS sys.executable is QGIS itself: the interpreter found is the one under QGIS's own
+    prefix, of QGIS's Python version, able to make a venv; not merely the first python on PATH."""
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis")
+    monkeypatch.setenv("PATH", "/nonexistent")  # the PATH fallback cannot answer
     python, how = installer.find_base_python()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert python == os.path.join(sys.base_exec_prefix, "bin", f"python{version}")
+    assert how.startswith(f"QGIS's Python {version}")
     out = subprocess.run([python, "-c", "import sys, venv; print(sys.version_info[:2])"], capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == str(tuple(sys.version_info[:2])) and how
+                         text=True, check=True, timeout=60)
+    assert out.stdout.strip() == str(tuple(sys.version_info[:2]))
+
+
+def test_base_python_when_qgis_runs_a_python(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/opt/somewhere/python3")
+    assert installer.find_base_python() == ("/opt/somewhere/python3", "the Python running QGIS")
 
 
 def test_plugin_zip_carries_the_matching_wheel(plugin_dir):
@@ -216,15 +228,25 @@ def test_headless_offline_install_then_segment(workspace, bundle, qgis_env, tiny
 
 
 
-def test_plugin_menu_opens_install_environment(monkeypatch):
-    from qgis_plugin.plugin import MENU, SegUnifyPlugin
+def test_plugin_menu_opens_each_dialog(monkeypatch):
+    """The plugin's menu entries open their algorithm's dialog through processing.execAlgorithmDialog
+    (the real one, with a main window and a map canvas as QGIS has); each dialog is closed as it opens."""
+    import processing.tools.general as general
+    from qgis.gui import QgsMapCanvas
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QDialog, QMainWindow
+
+    from qgis_plugin.plugin import ACTIONS, MENU, SegUnifyPlugin
 
     class Iface:
         def __init__(self):
-            self.menu = []
+            self.menu, self.window, self.canvas = [], QMainWindow(), QgsMapCanvas()
 
         def mainWindow(self):  # noqa: N802 - QGIS API
-            return None
+            return self.window
+
+        def mapCanvas(self):  # noqa: N802 - QGIS API
+            return self.canvas
 
         def addPluginToMenu(self, menu, action):  # noqa: N802 - QGIS API
             self.menu.append((menu, action))
@@ -232,15 +254,27 @@ def test_plugin_menu_opens_install_environment(monkeypatch):
         def removePluginMenu(self, menu, action):  # noqa: N802 - QGIS API
             self.menu.remove((menu, action))
 
-    opened = []
-    monkeypatch.setattr(SegUnifyPlugin, "initProcessing", lambda self: None)  # the provider is registered already
-    monkeypatch.setattr(SegUnifyPlugin, "open_dialog", staticmethod(opened.append))
     iface = Iface()
+    monkeypatch.setattr(general, "iface", iface)  # QGIS's own iface; None in a headless QgsApplication
+    monkeypatch.setattr(SegUnifyPlugin, "initProcessing", lambda self: None)  # the provider is registered already
+    opened = []
+
+    def close_the_dialog(tries=200):
+        dialogs = [w for w in QApplication.topLevelWidgets() if isinstance(w, QDialog) and w.isVisible()]
+        if not dialogs and tries:  # not open yet
+            QTimer.singleShot(50, lambda: close_the_dialog(tries - 1))
+            return
+        for dialog in dialogs:  # never leave one open: exec_() would wait for it forever
+            opened.append((dialog.algorithm().id() if hasattr(dialog, "algorithm") else None, dialog.windowTitle()))
+            dialog.reject()
+
     plugin = SegUnifyPlugin(iface)
     plugin.initGui()
-    first_menu, first = iface.menu[0]
-    assert first_menu == MENU and first.text().startswith("Install environment")
-    first.trigger()
-    assert opened == ["segunify:install_environment"]
+    assert [(menu, action.text()) for menu, action in iface.menu] == [(MENU, label) for label, _ in ACTIONS]
+    for _, action in iface.menu:
+        QTimer.singleShot(50, close_the_dialog)
+        action.trigger()  # returns once the dialog is closed
+    assert [alg for alg, _ in opened] == [alg for _, alg in ACTIONS]
+    assert opened[0][1].startswith("Install environment")
     plugin.unload()
     assert iface.menu == []

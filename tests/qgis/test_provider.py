@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import processing
 import pytest
@@ -103,25 +104,59 @@ def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
     out.parent.mkdir()
     src = tmp_path / "ortho ü.tif"
     shutil.copy(samples / "rasterio/cogeo.tif", src)
+    from processing.gui.Postprocessing import handleAlgorithmResults
+    from qgis.core import QgsPalettedRasterRenderer, QgsProcessingContext, QgsProcessingOutputLayerDefinition, QgsProject
+
+    project = QgsProject()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    loaded = []
+
+    def on_finish(alg, context, feedback):
+        """As the dialog does: load the output into the project; SegUnify's post-processor (_ApplyStyle)
+        then applies the .qml beside the file. The test first renames class 2 in that .qml, so the
+        layer's labels show whether the style was applied."""
+        qml = out.with_suffix(".qml")
+        qml.write_text(qml.read_text().replace('label="class 2"', 'label="class two"'))
+        loaded.append(handleAlgorithmResults(alg, context, feedback, showResults=False))
+
     result = processing.run("segunify:segment", {
         "INPUT": str(src), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights),
-        "WINDOW": 224, "STRIDE": 160, "OUTPUT": str(out), "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"),
-        "MIN_AREA": 50.0})
+        "WINDOW": 224, "STRIDE": 160, "OUTPUT": QgsProcessingOutputLayerDefinition(str(out), project),
+        "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"), "MIN_AREA": 50.0}, onFinish=on_finish, context=context)
     assert result["OUTPUT"] == str(out)
+    assert loaded == [True]
+    styled = [layer for layer in project.mapLayers().values() if layer.source() == str(out)]
+    assert len(styled) == 1 and isinstance(styled[0].renderer(), QgsPalettedRasterRenderer)
+    assert [c.label for c in styled[0].renderer().classes()] == ["class 1", "class two", "class 3"]
     layer, source = QgsRasterLayer(str(out), "out"), QgsRasterLayer(str(src), "in")
     assert layer.isValid()
     assert layer.crs() == source.crs() and layer.extent() == source.extent()
     assert (layer.width(), layer.height()) == (source.width(), source.height())
     assert out.with_suffix(".qml").exists()
-    assert os.path.getsize(result["OUTPUT_VECTOR"]) > 0
+    from qgis.core import QgsVectorLayer, QgsWkbTypes
+
+    polygons = QgsVectorLayer(result["OUTPUT_VECTOR"], "polys", "ogr")
+    assert polygons.isValid() and polygons.geometryType() == QgsWkbTypes.PolygonGeometry
+    assert polygons.crs() == source.crs()
+    features = list(polygons.getFeatures())
+    assert features, "the segmentation's classes became polygons"
+    names = {f["class_id"]: f["class_name"] for f in features}
+    assert set(names) <= {1, 2, 3} and len(names) >= 2, names
+    assert all(names[i] == f"class {i}" for i in names), "the model's class names (the default legend)"
+    assert min(f["area_m2"] for f in features) >= 50.0, "polygons under MIN_AREA (50 m2) are dropped"
+    areas = [f.geometry().area() for f in features]
+    extent = source.extent()
+    assert all(extent.contains(f.geometry().boundingBox()) for f in features)
+    assert sum(areas) > 0.9 * extent.area(), "the polygons cover the raster (but for dropped specks)"
 
 
-def test_cancel_kills_child_and_leaves_no_output(samples, tiny_weights, tmp_path):
+def test_cancel_kills_child_and_leaves_no_output(sample_copy, tiny_weights, tmp_path):
     out = tmp_path / "classes.tif"
     feedback = CancelAt(60.0)  # self-fit phases take 0-50 %; 60 % is inside the segmentation
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         processing.run("segunify:segment", {
-            "INPUT": str(samples / "rasterio/cogeo.tif"), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224",
+            "INPUT": str(sample_copy("rasterio/cogeo.tif")), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224",
             "BACKBONE_WEIGHTS": str(tiny_weights), "WINDOW": 224, "STRIDE": 96, "BATCH_SIZE": 1,
             "OUTPUT": str(out)}, feedback=feedback)
     assert feedback.cancelled_at is not None
@@ -179,14 +214,15 @@ def test_qgis_process_list_and_help(plugin_dir):
     assert "Speed:" in helped.stdout
 
 
-def test_qgis_process_segment(plugin_dir, samples, tiny_weights, tmp_path):
+def test_qgis_process_segment(plugin_dir, sample_copy, tiny_weights, tmp_path):
     out = tmp_path / "classes.tif"
-    run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={samples / 'rasterio/cogeo.tif'}",
+    src = sample_copy("rasterio/cogeo.tif")
+    run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={src}",
                        "CLASSES=3", "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}",
                        "WINDOW=224", "STRIDE=160", f"OUTPUT={out}")
     assert run.returncode == 0, run.stdout + run.stderr
     layer = QgsRasterLayer(str(out), "out")
-    source = QgsRasterLayer(str(samples / "rasterio/cogeo.tif"), "in")
+    source = QgsRasterLayer(str(src), "in")
     assert layer.crs() == source.crs() and layer.extent() == source.extent()
     assert (layer.width(), layer.height()) == (source.width(), source.height())
 
@@ -207,16 +243,25 @@ def test_qgis_process_bad_input(plugin_dir, tiny_weights, tmp_path):
 SCREENSHOTS = {"segment": ("segment_dialog.png", 1000, 760), "install_environment": ("install_dialog.png", 900, 560)}
 
 
-def test_screenshot_of_dialog_is_in_docs():
-    """docs/*_dialog.png are real renderings of the dialogs at the script's sizes, and the README shows them."""
+def test_screenshot_of_dialog_is_in_docs(tmp_path):
+    """docs/*_dialog.png are today's dialogs: a fresh rendering by scripts/dialog_screenshot.py (at its
+    sizes) matches each committed one, and the README shows them."""
     from qgis.PyQt.QtGui import QImage
 
     readme = (REPO / "README.md").read_text()
-    for png, width, height in SCREENSHOTS.values():
+    for name, (png, width, height) in SCREENSHOTS.items():
         image = QImage(str(REPO / "docs" / png))
         assert (image.width(), image.height()) == (width, height), png
-        colours = {image.pixel(x, y) for x in range(0, width, 7) for y in range(0, height, 7)}
-        assert len(colours) > 50, f"{png}: {len(colours)} colours, not a rendered dialog"
+        fresh_png = tmp_path / png
+        subprocess.run([sys.executable, str(REPO / "scripts" / "dialog_screenshot.py"), name, str(fresh_png),
+                        str(width), str(height)], check=True, capture_output=True, timeout=300,
+                       env={**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / f"profile-{name}")})
+        fresh = QImage(str(fresh_png))
+        assert (fresh.width(), fresh.height()) == (width, height), png
+        differ = sum(image.pixel(x, y) != fresh.pixel(x, y) for x in range(0, width, 2) for y in range(0, height, 2))
+        share = differ / ((width + 1) // 2 * ((height + 1) // 2))
+        assert share < 0.02, (f"{png} is stale: {share:.1%} of its pixels differ from today's dialog; rerender it "
+                              f"with scripts/dialog_screenshot.py {name} docs/{png} {width} {height}")
         assert f"docs/{png}" in readme
     # The QGIS install section is three steps: the zip, Install environment, Segment.
     steps = readme.split("### Install in three steps", 1)[1].split("![", 1)[0]
@@ -247,7 +292,7 @@ def test_segment_dialog_shows_every_parameter_with_its_default():
         dialog.close()
 
 
-def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp_path):
+def test_train_then_segment_with_model_then_vectorize(samples, sample_copy, tiny_weights, tmp_path):
     folder = tmp_path / "orthos"
     folder.mkdir()
     for name in ("rgb1.tif", "rgb2.tif"):
@@ -258,7 +303,7 @@ def test_train_then_segment_with_model_then_vectorize(samples, tiny_weights, tmp
         "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(model)})
     assert trained["OUTPUT"] == str(model) and model.stat().st_size > 0
     classes = tmp_path / "classes.tif"
-    processing.run("segunify:segment", {"INPUT": str(samples / "rasterio/rgb3.tif"), "MODEL": str(model),
+    processing.run("segunify:segment", {"INPUT": str(sample_copy("rasterio/rgb3.tif")), "MODEL": str(model),
                                         "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(classes)})
     assert QgsRasterLayer(str(classes), "c").isValid()
     polygons = processing.run("segunify:vectorize", {"INPUT": str(classes), "MIN_AREA": 0.0,
@@ -285,13 +330,13 @@ def test_class_table_becomes_cli_arguments():
         legend_arguments(["3", "trees", "", "2"])
 
 
-def test_qgis_process_name_and_merge_then_segment(plugin_dir, samples, tiny_weights, tmp_path):
+def test_qgis_process_name_and_merge_then_segment(plugin_dir, sample_copy, tiny_weights, tmp_path):
     """A self-fitted 6-cluster model merged to 4 named classes through qgis_process.bin; the segmented
     layer and the polygons carry the names."""
     from conftest import VENV_PYTHON
     from qgis.core import QgsVectorLayer
 
-    src = samples / "rasterio/cogeo.tif"
+    src = sample_copy("rasterio/cogeo.tif")
     six = tmp_path / "six.safetensors"
     fit = subprocess.run([str(VENV_PYTHON), "-m", "segunify_cli", "tile-segment", str(src), str(tmp_path / "fit.tif"),
                           "--classes", "6", "--fit-steps", "20", "--fit-windows", "8", "--no-flip", "--window", "224",
