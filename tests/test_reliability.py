@@ -389,7 +389,7 @@ def test_batch_interrupted(env, sig):
     # one job over the four files; each file is assembled once its parts are in: pause in the job's
     # windows once the first file is written (the others' windows are still to come)
     proc = paused_cli(["batch", str(folder), str(out), "--model", str(env["model"]), "--backbone-weights",
-                       str(env["weights"]), "--window", "224", "--stride", "160", "--batch-size", "1"],
+                       str(env["weights"]), "--window", "224", "--stride", "160", "--batch-size", "1", "--resume"],
                       "segment", 0, ready=out / "t0_classes.tif")
     paused = interrupt_when_paused(proc, sig)
     proc.wait(timeout=120)
