@@ -18,15 +18,16 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "Legend": "legend", "rewrite_model_legend": "legend",
     "ModelConfig": "model", "SegUnifyModel": "model", "load_model": "model", "save_model": "model",
-    "SegmentOptions": "segment", "SelfFitOptions": "segment", "segment_raster": "segment", "segment": "segment",
+    "SegmentOptions": "settings", "SelfFitOptions": "settings", "segment_raster": "segment", "segment": "segment",
+    "run_job": "segment", "JobSpec": "spec",
     "TrainConfig": "training", "train": "training",
     "vectorize": "vectorize",
 }
 
 __all__ = [
-    "BACKBONES", "Legend", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
+    "BACKBONES", "JobSpec", "Legend", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
     "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "rewrite_model_legend", "save_model",
-    "segment", "segment_raster", "train", "vectorize",
+    "run_job", "segment", "segment_raster", "train", "vectorize",
 ]
 
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .evaluation import evaluate
     from .legend import Legend, rewrite_model_legend
     from .model import ModelConfig, SegUnifyModel, load_model, save_model
-    from .segment import SegmentOptions, SelfFitOptions, segment, segment_raster
+    from .segment import run_job, segment, segment_raster
+    from .settings import SegmentOptions, SelfFitOptions
+    from .spec import JobSpec
     from .training import TrainConfig, train
     from .vectorize import vectorize

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import SegUnifyError
-from .parts import Progress, RunSpec, run_part
+from .parts import Progress, run_part
 from .planning import Part
+from .spec import JobSpec, RunFacts
 
 if TYPE_CHECKING:
     from .crf import CRF
@@ -90,33 +91,33 @@ def as_client(client: Any):
 
 # --- worker side -------------------------------------------------------------------------------
 
-def worker_model(spec: RunSpec):
-    """The model and CRF of this spec, loaded once per process (a worker runs many parts)."""
-    if spec.model_file is None:
-        raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
-    return _load_worker_model(spec.model_file, spec.model_sha256, spec.backbone_weights, spec.device,
-                              spec.precision, spec.fuse, spec.crf)
+def worker_model(job: JobSpec, facts: RunFacts):
+    """The model and CRF of this job, loaded once per process (a worker runs many parts)."""
+    if facts.model_file is None:
+        raise ValueError("a part run on a worker needs the model file (RunFacts.model_file)")
+    return _load_worker_model(job.to_json(), facts)
 
 
-@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
-def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
-                       precision: str, fuse: bool | str, crf: str):
+@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the whole spec and run facts
+def _load_worker_model(job_json: str, facts: RunFacts):
     from .backbone import choose_precision
     from .crf import make_crf
     from .model import load_model
 
-    device = torch.device(device_name)
-    model = load_model(model_file, backbone_weights=backbone_weights,
-                       precision=choose_precision(precision, device), fuse=fuse)
+    job = JobSpec.from_json(job_json)
+    device = torch.device(facts.device)
+    assert facts.model_file is not None  # checked by worker_model
+    model = load_model(facts.model_file, backbone_weights=facts.backbone_weights,
+                       precision=choose_precision(facts.precision, device), fuse=facts.fuse)
     # A Dask worker is a daemon process and may not start the CRF's own worker processes.
-    return model.to(device).eval(), make_crf(crf, workers=1)
+    return model.to(device).eval(), make_crf(job.crf, workers=1)
 
 
-def run_part_task(part: dict, spec: dict) -> dict[str, str]:
-    """The Dask task: one part, from JSON-like arguments."""
-    run = RunSpec(**spec)
-    model, crf = worker_model(run)
-    return run_part(Part.from_dict(part), run, model, crf)
+def run_part_task(part: dict, job: str, facts: dict) -> dict[str, str]:
+    """The Dask task: one part, from the job spec's JSON and the run facts."""
+    spec, run = JobSpec.from_json(job), RunFacts(**facts)
+    model, crf = worker_model(spec, run)
+    return run_part(Part.from_dict(part), spec, run, model, crf)
 
 
 def _host(address: str) -> str:
@@ -163,26 +164,27 @@ def _workers_per_host(client) -> dict[str, int]:
 
 # --- driver side -------------------------------------------------------------------------------
 
-def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, crf: CRF | None,
+def run_in_process(parts: Sequence[Part], job: JobSpec, facts: RunFacts, model: SegUnifyModel, crf: CRF | None,
                    progress: Progress | None = None) -> Iterator[Result]:
     for part in parts:
         try:
-            yield part, run_part(part, spec, model, crf, progress), None
+            yield part, run_part(part, job, facts, model, crf, progress), None
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
         except Exception as exc:  # reported per part; the caller decides what fails
             yield part, None, exc
 
 
-def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
+def run_on_dask(client, parts: Sequence[Part], job: JobSpec, facts: RunFacts, name: str,
                 progress: Progress | None = None, retries: int = 2) -> Iterator[Result]:
     distributed = import_distributed()
-    if spec.model_file is None:
+    if facts.model_file is None:
         raise ValueError("a cluster run needs the model as a file")
     prepare_workers(client)
-    resources = {"GPU": 1} if spec.device == "cuda" else None
-    by_key = {f"segunify-{job[:12]}-{p.id}": p for p in parts}
-    futures = client.map(run_part_task, [p.to_dict() for p in parts], spec=spec.to_dict(), key=list(by_key),
+    resources = {"GPU": 1} if facts.device == "cuda" else None
+    by_key = {f"segunify-{name[:12]}-{p.id}": p for p in parts}
+    futures = client.map(run_part_task, [p.to_dict() for p in parts], job=job.to_json(), facts=facts.to_dict(),
+                         key=list(by_key),
                          pure=False, retries=retries, resources=resources)
     try:
         for future in distributed.as_completed(futures):
@@ -206,15 +208,16 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
         client.cancel(futures)
 
 
-def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model: SegUnifyModel | None = None,
-              crf: CRF | None = None, job: str = "job",
+def run_parts(parts: Sequence[Part], job: JobSpec, facts: RunFacts, client=None, model: SegUnifyModel | None = None,
+              crf: CRF | None = None, name: str = "job",
               progress: Progress | None = None) -> Iterator[Result]:
-    """Run parts in this process (client None) or on the client's cluster; results as they finish."""
+    """Run parts in this process (client None) or on the client's cluster; results as they finish.
+    name: the job's fingerprint, which names its Dask tasks."""
     if client is None:
         if model is None:
             raise ValueError("running parts in this process needs the model")
-        return run_in_process(parts, spec, model, crf, progress)
-    return run_on_dask(client, parts, spec, job, progress)
+        return run_in_process(parts, job, facts, model, crf, progress)
+    return run_on_dask(client, parts, job, facts, name, progress)
 
 
 ProgressFactory = Callable[[int], Progress]

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .raster_io import RasterReader, RasterStats
 from .tiling import Tile, WindowPlan
 from .windows import choose_scale, source_window_plan
 
 log = logging.getLogger("segunify")
-DEFAULT_BLOCK = 4096  # source px per part side: a part runs for minutes on a CPU, seconds on a GPU
+DEFAULT_BLOCK = settings.BLOCK  # source px per part side
 
 
 @dataclasses.dataclass(frozen=True)
