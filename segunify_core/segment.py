@@ -123,7 +123,7 @@ def _model_digest(model: SegUnifyModel) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(parts: Sequence[Part], job: JobSpec, model: SegUnifyModel | None) -> str:
+def fingerprint(parts: Sequence[Part], job: JobSpec, model: SegUnifyModel | None) -> str:
     """Names the job: the same parts, inputs, model and result-defining settings (those marked
     `result` in settings.py) give the same fingerprint."""
     files = sorted({(p.raster.input, *_stat(p.raster.input)) for p in parts})
@@ -191,7 +191,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
     with gdal_env():
         parts = _plan_checked(in_paths, out_paths, geometry, bands, model, options)
     seconds["plan"] = time.perf_counter() - clock
-    name = _fingerprint(parts, job, model)
+    name = fingerprint(parts, job, model)
     # batch (keep_going) skips finished outputs, so its rerun can be a smaller job: start that one over
     manifest = Manifest.open(folder, name, options.resume, strict=not job.keep_going)
     if not manifest.resumed:

@@ -162,7 +162,7 @@ def as_json_dict(options: Any) -> dict[str, Any]:
             for f in dataclasses.fields(options)}
 
 
-class _Declared:
+class Declared:
     """Shared behaviour of the declared options: paths kept as text and sequences as tuples, so the
     options are frozen, hashable and JSON-serialisable."""
 
@@ -181,7 +181,7 @@ class _Declared:
 
 
 @dataclasses.dataclass(frozen=True)
-class SegmentOptions(_Declared):
+class SegmentOptions(Declared):
     """How a raster is segmented, and which outputs beside the class raster are written."""
 
     window: int = option(WINDOW, "Window size in model pixels.", label="Window size (model px)",
@@ -213,7 +213,7 @@ class SegmentOptions(_Declared):
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfFitOptions(_Declared):
+class SelfFitOptions(Declared):
     """Fit a model on windows of the input itself (no model file given); tile-segment's self-fit."""
 
     classes: int = option(MAP_CLASSES, "Without --model: fit K classes on the input itself "

@@ -51,3 +51,14 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def with_made_up_setting(settings) -> type:
+    """settings.SegmentOptions plus one made-up boolean setting, declared like the others: what a
+    contributor adding a setting writes in segunify_core/settings.py, and nothing else."""
+    import dataclasses
+
+    extra = ("made_up", bool, settings.option(False, "A made-up setting.", label="Made up", result=True))
+    fields = [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+              for f in dataclasses.fields(settings.SegmentOptions)]
+    return dataclasses.make_dataclass("SegmentOptions", [*fields, extra], bases=(settings.Declared,), frozen=True)
