@@ -38,10 +38,10 @@ CRF = "none"
 FLIP = True  # average each window's codes with its horizontal mirror
 
 # Classes. Two defaults on purpose: CLASSES is the method's K (Potsdam-3, the benchmark it is measured
-# on), the default of `segunify train` and of the API. MAP_CLASSES is where the QGIS dialogs (self-fit
-# in Segment raster, Train model) and scripts/demo.sh start an analyst mapping an unknown orthophoto:
-# a couple more clusters than the usual land-cover classes, to be named and merged into a legend
-# (Name and merge classes). The CLI's self-fit has no default: --classes K is what asks for it.
+# on), the default of `segunify train` and of the API's TrainConfig. MAP_CLASSES is where self-fit
+# (`tile-segment` without --model, SelfFitOptions, Segment raster), Train model and scripts/demo.sh
+# start an analyst mapping an unknown orthophoto: a couple more clusters than the usual land-cover
+# classes, to be named and merged into a legend (Name and merge classes).
 CLASSES = 3
 MAP_CLASSES = 5
 MIN_CLASSES = 2
