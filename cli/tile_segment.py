@@ -6,6 +6,7 @@ import click
 
 from segunify_core import settings
 from segunify_core.crf import make_crf
+from segunify_core.errors import SegUnifyError
 from segunify_core.model import save_model
 from segunify_core.segment import SegmentOptions, SelfFitOptions, run_job
 from segunify_core.spec import JobSpec
@@ -49,8 +50,8 @@ def command(ctx, input_path, output_path, model_path, save_model_path, resume, c
     """
     setup_logging(quiet)
     if model_path is not None and fit["classes"] is not None:
-        raise click.UsageError("The number of classes (--classes) is for self-fit; a model file (--model) already fixes "
-                               "the classes.")
+        raise SegUnifyError("The number of classes (--classes) is for self-fit; a model file (--model) already fixes "
+                            "the classes, so leave one of them out.")
     if model_path is None and fit["classes"] is None:
         fit["classes"] = settings.MAP_CLASSES
         if not quiet:
