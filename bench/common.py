@@ -23,6 +23,14 @@ def report(name: str, value: float, unit: str, target: str | None = None, ok: bo
     print(json.dumps(line), flush=True)
 
 
+def vit_flops(backbone, size: int) -> float:
+    """FLOPs of one size x size window through the backbone (counted analytically; see run.py)."""
+    n = (size // backbone.patch_size) ** 2 + backbone.num_prefix_tokens
+    c = backbone.feature_dim
+    depth = len(backbone.model.blocks)
+    return depth * 2 * (12 * n * c * c + 2 * n * n * c) + 2 * n * c * 3 * backbone.patch_size ** 2
+
+
 def random_checkpoint(timm_name: str, folder: Path) -> Path:
     """timm-layout safetensors with random weights, standing in for downloaded weights."""
     import timm

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from common import REPO, random_checkpoint, report
 
-from segunify_core.backbone import choose_precision, create_backbone
-from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
-from segunify_core.planning import Geometry, plan_raster
-from segunify_core.raster_io import RasterReader
-from segunify_core.selffit import SelfFitOptions, self_fit
-from segunify_core.windows import TileSource
+from segunify_core.files.raster_io import RasterReader
+from segunify_core.job.planning import Geometry, plan_raster
+from segunify_core.job.selffit import SelfFitOptions, self_fit
+from segunify_core.job.windows import TileSource
+from segunify_core.method.backbone import choose_precision, create_backbone
+from segunify_core.method.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
+from segunify_core.method.inference import window_log_probs
 
 RASTERS = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/world.rgb.tif", "rasterio/shade.tif",
            "spacenet/atlanta_pan_0.5m.tif"]
@@ -58,7 +59,7 @@ def main() -> None:
             for k in picks:
                 rgb, valid = source.read(tiles[k])
                 x = torch.from_numpy(rgb)[None]
-                log_probs = model.log_probs(x)
+                log_probs = window_log_probs(model, x)
                 t0 = time.perf_counter()
                 a = ref(x, log_probs).argmax(1)
                 t1 = time.perf_counter()

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from common import random_checkpoint, report
 
-from segunify_core.backbone import create_backbone
-from segunify_core.inference import predict_labels
-from segunify_core.metrics import confusion_matrix, hungarian_scores
-from segunify_core.training import TrainConfig, Trainer, new_model
+from segunify_core.method.backbone import create_backbone
+from segunify_core.method.inference import predict_labels
+from segunify_core.training.metrics import confusion_matrix, hungarian_scores
+from segunify_core.training.trainer import TrainConfig, Trainer, new_model
 
 BACKBONE = "vit_tiny_patch16_224"
 WINDOW = 224
@@ -40,8 +40,8 @@ WINDOW = 224
 
 def scene_cache(scene: Path, size: int, backbone, folder: Path, windows: int):
     """Features of `windows` random 224 px windows of the scene and their flips, computed once."""
-    from segunify_core.datasets import TrainWindowReader, plan_windows, training_images
-    from segunify_core.features import build_cache
+    from segunify_core.training.datasets import TrainWindowReader, plan_windows, training_images
+    from segunify_core.training.feature_cache import build_cache
 
     images = training_images([scene])
     plan = plan_windows([(size, size)], [1.0], WINDOW, windows, seed=0)
@@ -74,9 +74,9 @@ def paired_cost(sets_list: list[int], batch: int, rounds: int = 7, steps: int = 
 
     import numpy as np
 
-    from segunify_core.features import FeatureCache
-    from segunify_core.model import ModelConfig, SegUnifyModel
-    from segunify_core.training import Trainer
+    from segunify_core.method.model import ModelConfig, SegUnifyModel
+    from segunify_core.training.feature_cache import FeatureCache
+    from segunify_core.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

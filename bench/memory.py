@@ -22,8 +22,8 @@ from common import REPO, generated_raster, random_checkpoint, report
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from segunify_core.model import load_model
-from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.files.model_file import load_model
+from segunify_core.job.segment import SegmentOptions, segment_raster
 model = load_model({model!r}, backbone_weights={weights!r})
 start = time.perf_counter()
 segment_raster({src!r}, {dst!r}, model, SegmentOptions(window=320, stride=256, batch_size=4, overwrite=True))
@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from segunify_core.backbone import create_backbone
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.method.backbone import create_backbone
+    from segunify_core.training.trainer import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

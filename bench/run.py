@@ -1,7 +1,7 @@
 """The speed suite: every figure as a ratio measured within one run (absolute times on shared
 machines do not compare across runs). Prints one JSON object per line.
 
-    python bench/run.py [--quick]
+    python bench/run.py [--quick] [--family speed|scale] [--device cpu|cuda [--dry-run]]
 
 1. backbone efficiency: achieved FLOP/s of the backbone, run as the pipeline runs it (320 px
    windows with their mirrors in one call; in bfloat16 a fused oneDNN graph, in float32 eager
@@ -27,7 +27,9 @@ machines do not compare across runs). Prints one JSON object per line.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
 `--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
-scheduler overhead, cold start, assembly share, peak RSS per worker).
+scheduler overhead, cold start, assembly share, peak RSS per worker). `--device cuda` runs the
+GPU figures instead (bench/gpu.py: end to end on an 8k raster, the backbone's share of the
+matmul rate, batch size, precision, peak GPU memory); with `--dry-run` on the CPU, tiny sizes.
 """
 
 from __future__ import annotations
@@ -43,18 +45,11 @@ from pathlib import Path
 
 import rasterio
 import torch
-from common import REPO, generated_raster, random_checkpoint, report
+from common import REPO, generated_raster, random_checkpoint, report, vit_flops
 
-from segunify_core.backbone import choose_precision, create_backbone, reuse_freed_memory
+from segunify_core.method.backbone import choose_precision, create_backbone, reuse_freed_memory
 
 TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
-
-
-def vit_flops(backbone, size: int) -> float:
-    n = (size // backbone.patch_size) ** 2 + backbone.num_prefix_tokens
-    c = backbone.feature_dim
-    depth = len(backbone.model.blocks)
-    return depth * 2 * (12 * n * c * c + 2 * n * n * c) + 2 * n * c * 3 * backbone.patch_size ** 2
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -117,7 +112,7 @@ def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds:
 
 
 def crf_section(seconds_per_window: float, name: str, windows: int) -> None:
-    from segunify_core.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
+    from segunify_core.method.crf import PyDenseCRF, TorchDenseCRF, pydensecrf_available
     from segunify_core.synthetic import make_blobs
 
     rgb, labels = make_blobs(320, 320, seed=3, cells=12)
@@ -147,11 +142,11 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     One backbone serves both; its one-off start (graph build, first allocations) is taken by a
     first call and reported as warmup_s. The two are then timed in turn, best of `repeat` each.
     """
-    from segunify_core.model import load_model
-    from segunify_core.segment import SegmentOptions, segment_raster
-    from segunify_core.tiling import WindowPlan
-    from segunify_core.training import TrainConfig, train
-    from segunify_core.windows import grid_phase
+    from segunify_core.files.model_file import load_model
+    from segunify_core.job.segment import SegmentOptions, segment_raster
+    from segunify_core.job.tiling import WindowPlan
+    from segunify_core.job.windows import grid_phase
+    from segunify_core.training.trainer import TrainConfig, train
 
     weights = random_checkpoint("vit_small_patch8_224.dino", tmp)
     src = generated_raster(tmp / "pipeline.tif", side)
@@ -192,9 +187,9 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from segunify_core.backbone import reuse_freed_memory
-from segunify_core.model import load_model
-from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.method.backbone import reuse_freed_memory
+from segunify_core.files.model_file import load_model
+from segunify_core.job.segment import SegmentOptions, segment_raster
 reuse_freed_memory()  # as the CLI does
 model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})
 start = time.perf_counter()
@@ -212,7 +207,7 @@ print(json.dumps({{"seconds": seconds, "warmup_seconds": warmup, "rss_mb": peak 
 
 
 def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) -> None:
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.training.trainer import TrainConfig, train
 
     spec = create_backbone(backbone, pretrained=False).spec
     weights = random_checkpoint(spec.timm_name, tmp)
@@ -255,8 +250,22 @@ def main() -> None:
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
     parser.add_argument("--family", default="speed", choices=["speed", "scale"],
                         help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU figures instead (bench/gpu.py: end to end on 8k, backbone share, memory)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --device cuda: the same code on the CPU with tiny sizes (checks the path)")
     args = parser.parse_args()
     reuse_freed_memory()  # as the CLI does: the measured processes run with the CLI's allocator settings
+    if args.device == "cuda":
+        import gpu
+
+        if args.dry_run:
+            gpu.run("cpu", **gpu.DRY_RUN)
+        elif not torch.cuda.is_available():
+            sys.exit("bench: --device cuda needs a CUDA GPU that PyTorch sees; add --dry-run to check the path on CPU.")
+        else:
+            gpu.run("cuda", **gpu.FULL)
+        return
     if args.family == "scale":
         import scale
 

@@ -38,8 +38,9 @@ def _peak_rss_mb() -> float:
 def _model(tmp: Path):
     import torch
 
-    from segunify_core.backbone import create_backbone
-    from segunify_core.model import ModelConfig, SegUnifyModel, save_model
+    from segunify_core.files.model_file import save_model
+    from segunify_core.method.backbone import create_backbone
+    from segunify_core.method.model import ModelConfig, SegUnifyModel
 
     weights = random_checkpoint(BACKBONE, tmp)
     backbone = create_backbone(BACKBONE, weights)
@@ -52,14 +53,14 @@ def _model(tmp: Path):
 
 
 def _options(**kw):
-    from segunify_core.segment import SegmentOptions
+    from segunify_core.job.segment import SegmentOptions
 
     return SegmentOptions(**{"window": 320, "stride": 256, "flip": False, "overwrite": True, **kw})
 
 
 def halo_overhead(src: Path, patch_size: int, block: int) -> None:
     """Windows computed over all parts against the windows of the whole raster's plan."""
-    from segunify_core.planning import Geometry, plan
+    from segunify_core.job.planning import Geometry, plan
 
     parts = plan([src], [src.with_name("halo.tif")], Geometry(320, 256, patch_size, 0.5), block=block)
     computed = sum(len(p.tiles()) for p in parts)
@@ -80,8 +81,8 @@ def _cluster(workers: int = 2):
 
 
 def speedup_and_overheads(tmp: Path, side: int, block: int) -> None:
-    from segunify_core.planning import DEFAULT_BLOCK
-    from segunify_core.segment import segment
+    from segunify_core.job.planning import DEFAULT_BLOCK
+    from segunify_core.job.segment import segment
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / f"r{side}.tif", side)
@@ -122,10 +123,10 @@ def _same_labels(a: Path, b: Path) -> bool:
 
 def cold_start(tmp: Path) -> None:
     """First part on a fresh worker against a later part of the same size."""
-    from segunify_core.engines import run_part_task
-    from segunify_core.planning import Geometry, plan
+    from segunify_core.job.planning import Geometry, plan
+    from segunify_core.job.spec import JobSpec, RunFacts
+    from segunify_core.job.worker import run_part_task
     from segunify_core.settings import SegmentOptions
-    from segunify_core.spec import JobSpec, RunFacts
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / "cold.tif", 1024)
@@ -147,7 +148,7 @@ def cold_start(tmp: Path) -> None:
 
 
 def worker_rss(tmp: Path, sides: list[int]) -> None:
-    from segunify_core.segment import segment
+    from segunify_core.job.segment import segment
 
     model, path, weights = _model(tmp)
     peaks = {}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from common import generated_raster, random_checkpoint, report
 
-from segunify_core.backbone import choose_precision, create_backbone
-from segunify_core.training import TrainConfig, train
+from segunify_core.method.backbone import choose_precision, create_backbone
+from segunify_core.training.trainer import TrainConfig, train
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
         times: dict[str, float] = {}
         marks: dict[str, float] = {}
 
-        def on_progress(phase, done, total, stats):
+        def on_progress(phase, done, total, stats=None):
             now = time.perf_counter()
             marks.setdefault(f"{phase}_start", marks.get("last", now))
             marks[f"{phase}_end"] = now

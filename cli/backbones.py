@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from segunify_core.backbone import BACKBONES
+from segunify_core.method.registry import BACKBONES
 
 
 @click.command("backbones")

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from segunify_core import settings
-from segunify_core.crf import make_crf
 from segunify_core.errors import SegUnifyError
-from segunify_core.raster_io import IMAGE_SUFFIXES, open_raster
-from segunify_core.segment import SegmentOptions, run_job
-from segunify_core.spec import JobSpec
+from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster
+from segunify_core.job.segment import SegmentOptions, run_job
+from segunify_core.job.spec import JobSpec
+from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
@@ -68,14 +68,14 @@ def command(ctx, input_dir, output_dir, model_path, resume, cluster, scheduler, 
         todo.append((path, out))
     if todo:
         start = time.perf_counter()
-        refiner = make_crf(crf)
-        job = JobSpec.build([p for p, _ in todo], [o for _, o in todo], options, model_file=model_path,
-                            backbone_weights=backbone_weights, crf=refiner.name if refiner is not None else "none",
-                            cluster=cluster, scheduler=scheduler, scheduler_file=scheduler_file,
-                            job_folder=Path(output_dir) / ".segunify-parts", keep_going=True)
         progress = progress_for(ctx, quiet)
         try:
-            with dask_client(job.cluster, job.scheduler, job.scheduler_file, quiet) as client:
+            with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+                job = JobSpec.build([p for p, _ in todo], [o for _, o in todo], options, model_file=model_path,
+                                    backbone_weights=backbone_weights,
+                                    crf=refiner.name if refiner is not None else "none", cluster=cluster,
+                                    scheduler=scheduler, scheduler_file=scheduler_file,
+                                    job_folder=Path(output_dir) / ".segunify-parts", keep_going=True)
                 report = run_job(job, model, crf=refiner, client=client, progress=progress)
         finally:
             progress.close()

@@ -20,7 +20,7 @@ def _device() -> tuple[str, dict | None, bool]:
     whether it computes bfloat16 natively."""
     import torch
 
-    from segunify_core.backbone import cpu_has_native_bf16
+    from segunify_core.method.backbone import cpu_has_native_bf16
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -37,8 +37,8 @@ def environment_report() -> dict:
     import torch
 
     import segunify_core
-    from segunify_core.backbone import BACKBONES, DEFAULT_BACKBONE, weights_cached
-    from segunify_core.crf import pydensecrf_available
+    from segunify_core.method.crf import pydensecrf_available
+    from segunify_core.method.registry import BACKBONES, DEFAULT_BACKBONE, weights_cached
 
     device, gpu, bf16 = _device()
     cached = {name: weights_cached(name) for name in BACKBONES}

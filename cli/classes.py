@@ -7,8 +7,8 @@ import json
 import click
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.legend import Legend, hex_colour, parse_edits, rewrite_model_legend
-from segunify_core.model import read_model_file
+from segunify_core.files.model_file import read_model_file, rewrite_model_legend
+from segunify_core.method.legend import Legend, hex_colour, parse_edits
 
 from .options import guarded
 

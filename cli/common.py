@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from typing import overload
 
 import click
 import torch
 
-from segunify_core.backbone import Backbone, choose_precision, create_backbone
+from segunify_core import settings
 from segunify_core.device import resolve_device
-from segunify_core.model import SegUnifyModel, load_model
+from segunify_core.files.model_file import load_model
+from segunify_core.method.backbone import Backbone, choose_precision, create_backbone
+from segunify_core.method.model import SegUnifyModel
 
 
 @overload
@@ -38,4 +39,4 @@ def prepare(model_path: str | None, backbone: str, backbone_weights: str | None,
 
 def eager_switch() -> bool | str:
     """The backbone's fusion setting: SEGUNIFY_EAGER=1 turns the fused CPU graph off (debugging)."""
-    return "auto" if os.environ.get("SEGUNIFY_EAGER", "") in ("", "0") else False
+    return False if settings.environment().eager else "auto"

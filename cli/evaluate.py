@@ -7,8 +7,8 @@ import json
 import click
 
 from segunify_core import settings
-from segunify_core.crf import make_crf
-from segunify_core.evaluation import evaluate
+from segunify_core.method.crf import open_crf
+from segunify_core.training.evaluation import evaluate
 
 from .common import prepare
 from .options import (
@@ -46,16 +46,12 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
     setup_logging(quiet or as_json)
     model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet or as_json)
     progress = progress_for(ctx, quiet or as_json)
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        progress("evaluate", done, max(done, 1))
-
-    crf_backend = make_crf(crf)
-    scores, protocol = evaluate(model, data, split, int(resolution), crf_backend, flip, batch_size, dev.type, step)
-    progress.close()
+    try:
+        with open_crf(crf) as crf_backend:
+            scores, protocol = evaluate(model, data, split, int(resolution), crf_backend, flip, batch_size, dev.type,
+                                        progress)
+    finally:
+        progress.close()
     training = model.metadata.get("training") or {}
     validation = training.get("validation")
     protocol = {**protocol, "precision": model.backbone.precision, "crf": crf_backend.name if crf_backend else "none",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from segunify_core.backbone import reuse_freed_memory
+from segunify_core.method.backbone import reuse_freed_memory
 
 from . import backbones, batch, check, classes, evaluate, tile_segment, train, vectorize
 

@@ -10,14 +10,14 @@ import logging
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from segunify_core import settings
 from segunify_core.errors import SegUnifyError
-from segunify_core.raster_io import parse_bands
+from segunify_core.files.raster_io import parse_bands
 
 backbone_option = click.option(
     "--backbone", default=settings.BACKBONE, show_default=True,
@@ -140,7 +140,7 @@ def engine_options(func: Callable) -> Callable:
 @contextlib.contextmanager
 def dask_client(cluster: str | None, scheduler: str | None, scheduler_file: str | None, quiet: bool):
     """The Dask client of the engine options (None: in-process), closed at the end."""
-    from segunify_core.engines import close_client, connect
+    from segunify_core.job.engines import close_client, connect
 
     client = connect(cluster, scheduler, scheduler_file)
     if client is not None and not quiet:
@@ -165,15 +165,15 @@ def run_options(func: Callable) -> Callable:
     return crf_option(flip_option(device_options(func)))
 
 
-class Progress:
-    """Progress as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
+class ProgressDisplay:
+    """The core's Progress (segunify_core.progress) shown as tqdm bars (default), JSON lines for the QGIS plugin, or nothing."""
 
     def __init__(self, mode: str):
         self.mode = mode
         self.bars: dict[str, Any] = {}  # tqdm bars by phase
         self.last: dict[str, int] = {}  # last percentage printed by phase
 
-    def __call__(self, phase: str, done: int, total: int, stats: dict | None = None) -> None:
+    def __call__(self, phase: str, done: int, total: int, stats: Mapping[str, float] | None = None) -> None:
         if self.mode == "json":
             pct = int(100 * done / max(total, 1))
             if self.last.get(phase) != pct or done == total:
@@ -198,13 +198,28 @@ class Progress:
             bar.close()
 
 
-def progress_for(ctx: click.Context, quiet: bool) -> Progress:
+def progress_for(ctx: click.Context, quiet: bool) -> ProgressDisplay:
     mode = ctx.obj.get("progress", "bar") if ctx.obj else "bar"
-    return Progress("none" if quiet and mode == "bar" else mode)
+    return ProgressDisplay("none" if quiet and mode == "bar" else mode)
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+GPU_OUT_OF_MEMORY = ("The GPU ran out of memory; lower the batch size (--batch-size, e.g. half of it) or the window "
+                     "(--window), close other programs using the GPU, or run on the CPU (--device cpu).")
+
+
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc is PyTorch's CUDA out-of-memory error (its own class, or a RuntimeError saying so
+    from older releases and other code paths). torch is looked up, not imported: if it was never
+    imported, the error cannot be its."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
 
 
 def guarded(func: Callable) -> Callable:
@@ -216,7 +231,7 @@ def guarded(func: Callable) -> Callable:
         ctx = click.get_current_context()
         debug = bool(ctx.obj and ctx.obj.get("debug"))
         json_mode = bool(ctx.obj and ctx.obj.get("progress") == "json")
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # restored when the command returns
 
         def fail(message: str, code: int) -> None:
             if json_mode:
@@ -244,7 +259,11 @@ def guarded(func: Callable) -> Callable:
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:
                 traceback.print_exc()
+            if gpu_out_of_memory(exc):
+                fail(GPU_OUT_OF_MEMORY, 1)
             fail(f"Unexpected {type(exc).__name__}: {exc}; rerun with --debug for the traceback.", 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from segunify_core import settings
-from segunify_core.crf import make_crf
 from segunify_core.errors import SegUnifyError
-from segunify_core.model import save_model
-from segunify_core.segment import SegmentOptions, SelfFitOptions, run_job
-from segunify_core.spec import JobSpec
+from segunify_core.files.model_file import save_model
+from segunify_core.job.segment import SegmentOptions, SelfFitOptions, run_job
+from segunify_core.job.spec import JobSpec
+from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
@@ -58,17 +58,16 @@ def command(ctx, input_path, output_path, model_path, save_model_path, resume, c
             click.echo(f"self-fit: {settings.MAP_CLASSES} classes (the default); choose another number with --classes "
                        "K, or a trained model with --model MODEL.", err=True)
     model, bb, dev = prepare(model_path, backbone, backbone_weights, device, precision, quiet)
-    refiner = make_crf(crf)
-    if refiner is not None and not quiet:
-        click.echo(f"CRF: {refiner.name}", err=True)
-    job = JobSpec.build([input_path], [output_path], SegmentOptions(**segment, device=dev.type, resume=resume),
-                        model_file=model_path, fit=SelfFitOptions(**fit) if model is None else None,
-                        backbone=bb.spec.name if model is None else None, backbone_weights=backbone_weights,
-                        crf=refiner.name if refiner is not None else "none", cluster=cluster, scheduler=scheduler,
-                        scheduler_file=scheduler_file)
     progress = progress_for(ctx, quiet)
     try:
-        with dask_client(job.cluster, job.scheduler, job.scheduler_file, quiet) as client:
+        with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
+            if refiner is not None and not quiet:
+                click.echo(f"CRF: {refiner.name}", err=True)
+            job = JobSpec.build([input_path], [output_path], SegmentOptions(**segment, device=dev.type, resume=resume),
+                                model_file=model_path, fit=SelfFitOptions(**fit) if model is None else None,
+                                backbone=bb.spec.name if model is None else None, backbone_weights=backbone_weights,
+                                crf=refiner.name if refiner is not None else "none", cluster=cluster,
+                                scheduler=scheduler, scheduler_file=scheduler_file)
             report = run_job(job, model, bb if model is None else None, refiner, client, progress)
     finally:
         progress.close()

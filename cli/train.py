@@ -8,12 +8,12 @@ import click
 from click.core import ParameterSource
 
 from segunify_core import settings
-from segunify_core.compressor import DROPOUT_MASKS
-from segunify_core.datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES
-from segunify_core.losses import PAIRINGS
-from segunify_core.presets import PRESETS, resolve
-from segunify_core.raster_io import parse_bands
-from segunify_core.training import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
+from segunify_core.files.raster_io import parse_bands
+from segunify_core.method.compressor import DROPOUT_MASKS
+from segunify_core.method.losses import PAIRINGS
+from segunify_core.training.datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES
+from segunify_core.training.presets import PRESETS, resolve
+from segunify_core.training.trainer import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
 
 from .common import prepare
 from .options import (

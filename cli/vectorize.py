@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from segunify_core import settings
-from segunify_core.vectorize import vectorize
+from segunify_core.files.vectorize import vectorize
 
 from .options import guarded, quiet_option
 

@@ -19,7 +19,7 @@ from .child import ERR, Cancelled, Child
 SETTING_PYTHON = "SEGUNIFY_PYTHON"
 ENV_PYTHON = "SEGUNIFY_PYTHON"
 # Temporary names of unfinished files and folders: `.<stem>.<random>.partial<suffix>`, the pattern of
-# segunify_core.atomic (which QGIS's Python cannot import: it must never load torch).
+# segunify_core.files.atomic (which QGIS's Python cannot import: it must never load torch).
 PARTIAL_MARK = ".partial"
 # Variables QGIS sets for its own Python/GDAL/PROJ that would break a different environment.
 UNSAFE_ENV = ("PYTHONPATH", "PYTHONHOME", "QGIS_PREFIX_PATH", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB",

@@ -3,16 +3,30 @@
 # system packages, a virtual environment in .venv, PyTorch + timm, SegUnify itself with its
 # test tools, and the pydensecrf CRF backend (built from pydensecrf2 with Cython 0.29.36).
 # Safe to rerun: finished steps are skipped.
+# Two settings for machines that already hold PyTorch or reach no registry (scripts/gpu_check.sh):
+#   SEGUNIFY_SYSTEM_TORCH=1  use the packages $PYTHON already imports (say, its CUDA build of PyTorch):
+#                            the venv sees $PYTHON's site-packages and PyTorch + timm are not installed.
+#   SEGUNIFY_WHEELS=DIR      offline: install exactly the wheels in DIR (no registry, no dependency
+#                            resolution), then SegUnify itself; nothing is built, so no compiler is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${SEGUNIFY_VENV:-.venv}
 PY=${PYTHON:-python3}
+SYSTEM_TORCH=${SEGUNIFY_SYSTEM_TORCH:-0}
+WHEELS=${SEGUNIFY_WHEELS:-}
 
 need_apt=()
-$PY -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
-command -v g++ >/dev/null || need_apt+=(g++)
-$PY -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
-  || need_apt+=(python3-dev)
+if [ "$SYSTEM_TORCH" = 1 ]; then
+  # a venv without pip of its own: $PYTHON's pip is seen through its site-packages
+  $PY -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+else
+  $PY -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+fi
+if [ -z "$WHEELS" ]; then
+  command -v g++ >/dev/null || need_apt+=(g++)
+  $PY -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+    || need_apt+=(python3-dev)
+fi
 if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ]; then
   # Debian's QGIS 3.22 and pytest for its own Python (the plugin tests run there).
   command -v qgis_process.bin >/dev/null || need_apt+=(qgis python3-qgis qgis-providers)
@@ -32,13 +46,27 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-[ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
+if [ "$SYSTEM_TORCH" = 1 ]; then
+  [ -x "$VENV/bin/python" ] || $PY -m venv --without-pip "$VENV"
+  # $PYTHON's site folders (those its own .pth files add too) as a .pth of the venv, after its own
+  $PY -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
+    > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_system_packages.pth"
+else
+  [ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
+fi
 stamp="$VENV/.segunify-setup"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=$( (cat pyproject.toml scripts/setup.sh; echo "$SYSTEM_TORCH $WHEELS"; [ -z "$WHEELS" ] || ls "$WHEELS") \
+  | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && [ -n "$WHEELS" ]; then
+  wheels=("$WHEELS"/*.whl)
+  [ -e "${wheels[0]}" ] || { echo "setup: no wheels in $WHEELS (SEGUNIFY_WHEELS)" >&2; exit 1; }
+  "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation "${wheels[@]}"
+  "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # The registry's default torch wheel pairs with torchvision (timm imports it); it runs on CPU too.
-  "$VENV/bin/python" -m pip install -q torch timm
+  [ "$SYSTEM_TORCH" = 1 ] || "$VENV/bin/python" -m pip install -q torch timm
   "$VENV/bin/python" -m pip install -q -e ".[dev,distributed]"
   # pydensecrf2 builds only with Cython 0.29.x; without build isolation it uses the one pinned here.
   "$VENV/bin/python" -m pip install -q "cython==0.29.36"

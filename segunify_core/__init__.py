@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BACKBONES": "backbone", "create_backbone": "backbone",
-    "make_crf": "crf",
+    "BACKBONES": "method.registry", "create_backbone": "method.backbone",
+    "make_crf": "method.crf",
     "SegUnifyError": "errors",
-    "evaluate": "evaluation",
-    "Legend": "legend", "rewrite_model_legend": "legend",
-    "ModelConfig": "model", "SegUnifyModel": "model", "load_model": "model", "save_model": "model",
-    "SegmentOptions": "settings", "SelfFitOptions": "settings", "segment_raster": "segment", "segment": "segment",
-    "run_job": "segment", "JobSpec": "spec",
-    "TrainConfig": "training", "train": "training",
-    "vectorize": "vectorize",
+    "evaluate": "training.evaluation",
+    "Legend": "method.legend", "rewrite_model_legend": "files.model_file",
+    "ModelConfig": "method.model", "SegUnifyModel": "method.model", "load_model": "files.model_file", "save_model": "files.model_file",
+    "SegmentOptions": "settings", "SelfFitOptions": "settings", "segment_raster": "job.segment", "segment": "job.segment",
+    "run_job": "job.segment", "JobSpec": "job.spec",
+    "TrainConfig": "training.trainer", "train": "training.trainer",
+    "vectorize": "files.vectorize",
 }
 
 __all__ = [
@@ -38,14 +38,16 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .backbone import BACKBONES, create_backbone
-    from .crf import make_crf
     from .errors import SegUnifyError
-    from .evaluation import evaluate
-    from .legend import Legend, rewrite_model_legend
-    from .model import ModelConfig, SegUnifyModel, load_model, save_model
-    from .segment import run_job, segment, segment_raster
+    from .files.model_file import load_model, rewrite_model_legend, save_model
+    from .files.vectorize import vectorize
+    from .job.segment import run_job, segment, segment_raster
+    from .job.spec import JobSpec
+    from .method.backbone import create_backbone
+    from .method.crf import make_crf
+    from .method.legend import Legend
+    from .method.model import ModelConfig, SegUnifyModel
+    from .method.registry import BACKBONES
     from .settings import SegmentOptions, SelfFitOptions
-    from .spec import JobSpec
-    from .training import TrainConfig, train
-    from .vectorize import vectorize
+    from .training.evaluation import evaluate
+    from .training.trainer import TrainConfig, train

@@ -7,6 +7,8 @@ Standard library only: the QGIS plugin loads this very file by path in QGIS's ow
 repository checkout, or from the copy scripts/build_plugin.py puts in the plugin), where torch and
 the rest of segunify_core must never be imported. (No `from __future__ import annotations` either:
 the dataclasses below are built while the plugin loads the file outside sys.modules.)
+
+Environment variables are read here too, by `environment()` only (nowhere else in the core or the CLI).
 """
 
 import dataclasses
@@ -237,3 +239,32 @@ class SelfFitOptions(Declared):
     local_sets: int = option(LOCAL_SETS, "Self-fit: local prototype sets learning against the one global set.",
                              minimum=1, commands=(TILE_SEGMENT,), result=True)
     cache_dir: str | None = option(None, commands=(), kind="path")
+# Environment switches: read only through `environment()`, each time it is called (a command reads
+# them when it starts; nothing is cached in the process).
+ENV_EAGER = "SEGUNIFY_EAGER"  # 1: run the backbone eagerly, no fused CPU graph (debugging; features match to 1e-4)
+ENV_CACHE = "SEGUNIFY_CACHE"  # folder of SegUnify's caches (default: ~/.cache/segunify)
+ENV_GDAL_CACHEMAX = "GDAL_CACHEMAX"  # GDAL's own block-cache size; when set, SegUnify's 128 MB cap is not applied
+
+
+class Environment:
+    """The environment switches SegUnify reads (see `environment`)."""
+
+    __slots__ = ("eager", "cache_dir", "gdal_cachemax")
+
+    def __init__(self, eager: bool, cache_dir: str | None, gdal_cachemax: str | None):
+        self.eager = eager  # SEGUNIFY_EAGER set to anything but "" or "0"
+        self.cache_dir = cache_dir  # SEGUNIFY_CACHE, None when unset or empty
+        self.gdal_cachemax = gdal_cachemax  # GDAL_CACHEMAX as given, None when unset
+
+    def __repr__(self) -> str:
+        return f"Environment(eager={self.eager}, cache_dir={self.cache_dir!r}, gdal_cachemax={self.gdal_cachemax!r})"
+
+
+def environment() -> Environment:
+    """The environment switches now: SEGUNIFY_EAGER, SEGUNIFY_CACHE and GDAL_CACHEMAX (the variables
+    named by ENV_EAGER, ENV_CACHE, ENV_GDAL_CACHEMAX above). The one place SegUnify reads os.environ."""
+    import os
+
+    env = os.environ
+    return Environment(eager=env.get(ENV_EAGER, "") not in ("", "0"), cache_dir=env.get(ENV_CACHE) or None,
+                       gdal_cachemax=env.get(ENV_GDAL_CACHEMAX))

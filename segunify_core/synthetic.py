@@ -11,7 +11,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from .atomic import atomic_path
+from .files.atomic import atomic_path
 
 COLOURS = np.array([[200, 60, 50], [40, 150, 60], [60, 70, 200]], float)  # one per label 0, 1, 2
 

@@ -33,7 +33,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_weights):
-    from segunify_core.backbone import create_backbone
+    from segunify_core.method.backbone import create_backbone
 
     return create_backbone(TINY_VIT, tiny_weights)
 
@@ -47,8 +47,8 @@ def scene_tif(tmp_path) -> tuple[Path, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_backbone):
     """A 3-class model of the tiny ViT trained on a generated scene (GSD 0.5 m)."""
-    from segunify_core.model import load_model
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.files.model_file import load_model
+    from segunify_core.training.trainer import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("model")
     img, _ = make_blobs(640, 640, seed=1)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from qgis_plugin import runner
-from segunify_core.atomic import atomic_path, partial_glob
+from segunify_core.files.atomic import atomic_path, partial_glob
 from tests.helpers import REPO
 
 
@@ -42,7 +42,7 @@ def test_plugin_cleanup_removes_what_a_hard_kill_leaves(tmp_path, name):
     clean-up (run after it killed the CLI) removes exactly those, nothing else."""
     target = tmp_path / name
     (tmp_path / "keep.tif").write_bytes(b"x")
-    code = (f"import os, signal; from segunify_core.atomic import atomic_path\n"
+    code = (f"import os, signal; from segunify_core.files.atomic import atomic_path\n"
             f"with atomic_path({str(target)!r}) as tmp:\n"
             f"    tmp.write_bytes(b'partial'); os.kill(os.getpid(), signal.SIGKILL)")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO)

@@ -9,8 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from segunify_core.backbone import BACKBONES, create_backbone, resolve_backbone
 from segunify_core.errors import SegUnifyError
+from segunify_core.method.backbone import create_backbone
+from segunify_core.method.registry import BACKBONES, resolve_backbone
 from tests.helpers import exploit_pickle_in_dict
 
 
@@ -102,7 +103,7 @@ def test_missing_weights_file():
 
 
 def test_offline_without_weights_says_how_to_pass_a_file():
-    code = ("from segunify_core.backbone import create_backbone\n"
+    code = ("from segunify_core.method.backbone import create_backbone\n"
             "try:\n    create_backbone('dino_vits8')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
@@ -155,7 +156,7 @@ def test_fused_graph_matches_eager_and_never_depends_on_earlier_batches(referenc
     """The fused graph gives eager's features in float32 for batches of any size (run in chunks
     of FUSED_BATCH windows, the last one padded), and a window's features are bit for bit the same
     whatever ran before it: the first call after building, after a larger batch, after a smaller."""
-    from segunify_core.backbone import FUSED_BATCH
+    from segunify_core.method.fused import FUSED_BATCH
 
     model, x, _ = reference
     eager = model.with_settings(precision="fp32", fuse=False)(x)
@@ -213,7 +214,7 @@ def test_settings_are_fixed_at_construction(reference):
 def test_forward_leaves_process_settings_alone(reference, monkeypatch):
     """The backbone changes no process-wide state: oneDNN fusion is on only while its fused graph
     is traced and run, and the allocator is tuned only by an explicit call (CLI, Dask workers)."""
-    import segunify_core.backbone as backbone_module
+    import segunify_core.method.backbone as backbone_module
 
     calls = []
     monkeypatch.setattr(backbone_module, "reuse_freed_memory", lambda: calls.append(1))

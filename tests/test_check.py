@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from segunify_core.backbone import cpu_has_native_bf16
+from segunify_core.method.backbone import cpu_has_native_bf16
 
 
 def test_check_json_reports_device_versions_weights_and_crf(tmp_path):

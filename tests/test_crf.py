@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from segunify_core.crf import PyDenseCRF, TorchDenseCRF, make_crf, pydensecrf_available
 from segunify_core.errors import SegUnifyError
+from segunify_core.method.crf import PyDenseCRF, TorchDenseCRF, make_crf, pydensecrf_available
 
 
 def noisy_two_region(seed=0, size=96):
@@ -86,7 +86,7 @@ def test_pydensecrf_parallel_workers_give_the_serial_result():
 
 def test_torch_crf_large_window_bounds_its_weights(monkeypatch):
     """On big windows the sample grid thins out so the weight matrix stays within its budget."""
-    import segunify_core.crf as crf_module
+    import segunify_core.method.crf as crf_module
 
     monkeypatch.setattr(crf_module, "MAX_BILATERAL_WEIGHTS", 64 * 64 * 16)
     image, log_probs, truth = noisy_two_region(size=128)

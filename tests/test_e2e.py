@@ -94,7 +94,7 @@ def test_api_cli_and_self_fit_defaults_come_from_settings():
     from segunify_cli.main import cli
 
     from segunify_core import SegmentOptions, SelfFitOptions, TrainConfig, settings
-    from segunify_core.model import ModelConfig
+    from segunify_core.method.model import ModelConfig
 
     train, model, fit, seg = TrainConfig(), ModelConfig(), SelfFitOptions(classes=4), SegmentOptions()
     assert train.classes == model.classes == settings.CLASSES and model.backbone == settings.BACKBONE

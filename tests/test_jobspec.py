@@ -14,8 +14,8 @@ import sys
 import rasterio
 
 from segunify_core import settings
+from segunify_core.job.spec import JobSpec, RunFacts
 from segunify_core.settings import SegmentOptions, SelfFitOptions
-from segunify_core.spec import JobSpec, RunFacts
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.conftest import REPO, TINY_VIT
 
@@ -33,12 +33,13 @@ from tests.helpers import with_made_up_setting
 settings.SegmentOptions = with_made_up_setting(settings)
 
 from click.testing import CliRunner
-import segunify_core.engines as engines
+import segunify_core.job.engines as engines
+import segunify_core.job.worker as worker
 from segunify_cli.main import cli
 from segunify_core import JobSpec, SegmentOptions
-from segunify_core.planning import Geometry, plan
-from segunify_core.segment import fingerprint
-from segunify_core.spec import RunFacts
+from segunify_core.job.planning import Geometry, plan
+from segunify_core.job.segment import fingerprint
+from segunify_core.job.spec import RunFacts
 
 src, model, weights, folder = map(Path, sys.argv[1:5])
 seen = {}
@@ -49,7 +50,7 @@ def recording_run_part(part, job, facts, *args, **kwargs):
     received.append(job.options.made_up)
     return real_run_part(part, job, facts, *args, **kwargs)
 
-engines.run_part = recording_run_part
+engines.run_part = worker.run_part = recording_run_part
 runner = CliRunner()
 for command in ("tile-segment", "batch"):
     seen[command + " --help"] = runner.invoke(cli, [command, "--help"]).output
@@ -62,7 +63,7 @@ seen["api json"] = json.loads(job.to_json())["options"]
 parts = plan([src], [folder / "o.tif"], Geometry(224, 160, 16, None))
 facts = RunFacts(str(folder), model_file=str(model), model_sha256="test", backbone_weights=str(weights))
 received.clear()
-engines.run_part_task(parts[0].to_dict(), job.to_json(), facts.to_dict())  # what a Dask worker runs
+worker.run_part_task(parts[0].to_dict(), job.to_json(), facts.to_dict())  # what a Dask worker runs
 seen["dask worker"] = list(received)
 off = dataclasses.replace(job, options=dataclasses.replace(job.options, made_up=False))
 seen["fingerprints differ"] = fingerprint(parts, job, None) != fingerprint(parts, off, None)
@@ -127,7 +128,7 @@ def test_tile_segment_without_model_or_classes_self_fits_the_default(tiny_weight
     said = [line for line in run.stderr.splitlines() if line.startswith("self-fit:")]
     assert len(said) == 1, run.stderr
     assert f"{settings.MAP_CLASSES} classes" in said[0] and "--classes K" in said[0] and "--model" in said[0]
-    from segunify_core.model import read_model_file
+    from segunify_core.files.model_file import read_model_file
 
     meta, _ = read_model_file(saved)
     assert meta["training"]["config"]["classes"] == settings.MAP_CLASSES

@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from segunify_core.compressor import Compressor
-from segunify_core.labeler import Labeler, cosine_logits
+from segunify_core.method.compressor import Compressor
+from segunify_core.method.labeler import Labeler, cosine_logits
 
 
 def test_prototypes_initialised_normalised_and_copied():
@@ -54,7 +54,7 @@ def test_dropout_only_in_training():
 def test_fast_log_probs_equal_the_teacher_logits():
     """The channels-last inference path gives log_softmax(2 x teacher cosine logits) of the
     bilinearly upsampled code."""
-    from segunify_core.model import LOGIT_SCALE, ModelConfig, SegUnifyModel
+    from segunify_core.method.model import LOGIT_SCALE, ModelConfig, SegUnifyModel
 
     torch.manual_seed(0)
     model = SegUnifyModel(ModelConfig(classes=4, extra_clusters=1, code_dim=16, feature_dim=32)).eval()

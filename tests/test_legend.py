@@ -12,8 +12,9 @@ import rasterio
 import torch
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.legend import Legend, class_colours, parse_edits, rewrite_model_legend
-from segunify_core.model import ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.files.model_file import load_model, read_model_file, rewrite_model_legend, save_model, write_safetensors
+from segunify_core.method.legend import Legend, class_colours, parse_edits
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from segunify_core.synthetic import make_scene, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]
@@ -130,9 +131,9 @@ def test_round_trip_on_a_sample(samples, tiny_backbone, tmp_path):
     4 names and evaluation scores 4 classes."""
     from rasterio.shutil import copy as gdal_copy
 
-    from segunify_core.evaluation import evaluate
-    from segunify_core.segment import SegmentOptions, SelfFitOptions, segment_raster
-    from segunify_core.vectorize import vectorize
+    from segunify_core.files.vectorize import vectorize
+    from segunify_core.job.segment import SegmentOptions, SelfFitOptions, segment_raster
+    from segunify_core.training.evaluation import evaluate
 
     src = samples / "rasterio/cogeo.tif"
     options = SegmentOptions(window=224, stride=160, flip=False)

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segunify_core.compressor import Compressor
-from segunify_core.features import FeatureCache
-from segunify_core.labeler import Labeler, cosine_logits
-from segunify_core.losses import data_term
-from segunify_core.model import ModelConfig, SegUnifyModel, load_model
-from segunify_core.training import TrainConfig, Trainer, train
+from segunify_core.files.model_file import load_model
+from segunify_core.method.compressor import Compressor
+from segunify_core.method.labeler import Labeler, cosine_logits
+from segunify_core.method.losses import data_term
+from segunify_core.method.model import ModelConfig, SegUnifyModel
+from segunify_core.training.feature_cache import FeatureCache
+from segunify_core.training.trainer import TrainConfig, Trainer, train
 
 D, K, C = 16, 5, 32
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from segunify_core.compressor import Compressor
-from segunify_core.labeler import Labeler
-from segunify_core.losses import (
+from segunify_core.method.compressor import Compressor
+from segunify_core.method.labeler import Labeler
+from segunify_core.method.losses import (
     assignment_disagreement,
     data_term,
     derangement,

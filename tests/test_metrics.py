@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from segunify_core.metrics import confusion_matrix, hungarian_scores
+from segunify_core.training.metrics import confusion_matrix, hungarian_scores
 
 
 def brute_force(conf: np.ndarray) -> tuple[int, dict]:

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.model import FORMAT_VERSION, ModelConfig, SegUnifyModel, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.files.model_file import FORMAT_VERSION, load_model, read_model_file, save_model, write_safetensors
+from segunify_core.method.inference import window_log_probs
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from tests.helpers import exploit_pickle
 
 
@@ -34,7 +36,7 @@ def test_round_trip(saved, tiny_backbone):
     assert loaded.metadata["training"]["data"]["images"] == 1
     x = torch.rand(1, 3, 64, 64) * 255
     model.eval()
-    assert torch.allclose(loaded.log_probs(x), model.log_probs(x))
+    assert torch.allclose(window_log_probs(loaded, x), window_log_probs(model, x))
 
 
 def test_metadata_is_plain_json(saved):
@@ -103,7 +105,7 @@ def test_pickle_renamed_is_refused_and_never_run(tmp_path, monkeypatch):
 
 def test_backbone_mismatch(saved):
     _, path = saved
-    from segunify_core.backbone import create_backbone
+    from segunify_core.method.backbone import create_backbone
 
     other = create_backbone("dino_vits16", pretrained=False)
     with pytest.raises(SegUnifyError, match="was trained on backbone"):
@@ -126,21 +128,21 @@ def other_weights(tmp_path):
 @pytest.fixture
 def offline(monkeypatch):
     """No hub downloads: a load that falls back to the hub fails, as it does without internet."""
-    import segunify_core.backbone as backbone_module
+    import segunify_core.method.registry as registry
 
-    create = backbone_module._create_timm
+    create = registry.create_timm
 
     def no_download(name, pretrained):
         if pretrained:
             raise SegUnifyError("no internet in this test")
         return create(name, pretrained)
 
-    monkeypatch.setattr(backbone_module, "_create_timm", no_download)
+    monkeypatch.setattr(registry, "create_timm", no_download)
 
 
 def test_model_records_its_backbone_weights_file(saved, tiny_weights):
-    from segunify_core.manifest import file_sha256
-    from segunify_core.model import read_model_file
+    from segunify_core.files.manifest import file_sha256
+    from segunify_core.files.model_file import read_model_file
 
     meta, _ = read_model_file(saved[1])
     assert meta["backbone_weights"] == {"path": str(tiny_weights.resolve()), "sha256": file_sha256(tiny_weights)}
@@ -148,9 +150,9 @@ def test_model_records_its_backbone_weights_file(saved, tiny_weights):
 
 def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offline, tmp_path):
     """tile-segment, evaluate and batch load through load_model; Dask workers through worker_model."""
-    from segunify_core.engines import worker_model
+    from segunify_core.job.spec import JobSpec, RunFacts
+    from segunify_core.job.worker import worker_model
     from segunify_core.settings import SegmentOptions
-    from segunify_core.spec import JobSpec, RunFacts
 
     _, path = saved
     x = torch.rand(1, 3, 64, 64) * 255
@@ -165,7 +167,7 @@ def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offlin
 
 
 def test_weights_with_another_hash_are_refused(saved, other_weights, tiny_backbone):
-    from segunify_core.backbone import create_backbone
+    from segunify_core.method.backbone import create_backbone
 
     _, path = saved
     with pytest.raises(SegUnifyError, match=r"backbone weights \(--backbone-weights\) .* not the file model"):
@@ -194,8 +196,8 @@ def test_weights_may_point_to_a_copy_elsewhere(saved, tiny_weights, tmp_path, of
 
 
 def test_models_without_a_recorded_file_behave_as_before(tmp_path):
-    from segunify_core.backbone import create_backbone
-    from segunify_core.model import read_model_file
+    from segunify_core.files.model_file import read_model_file
+    from segunify_core.method.backbone import create_backbone
 
     backbone = create_backbone("vit_tiny_patch16_224", pretrained=False)
     cfg = ModelConfig(backbone="vit_tiny_patch16_224", classes=2, feature_dim=192, patch_size=16)
@@ -220,8 +222,8 @@ def test_format_checks_fire_under_python_O(tmp_path):
               metadata={"segunify": json.dumps({"format": "segunify-model", "step": 3})})
     code = f"""
 from segunify_core.errors import SegUnifyError
-from segunify_core.model import read_model_file
-from segunify_core.training import Trainer
+from segunify_core.files.model_file import read_model_file
+from segunify_core.training.trainer import Trainer
 assert False, "this interpreter must run with -O"
 for name, check in (("model", lambda: read_model_file({str(model_like)!r})),
                     ("state", lambda: Trainer.__new__(Trainer).load_state({str(state_like)!r}))):

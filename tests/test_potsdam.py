@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from segunify_core.datasets import (
+from segunify_core.errors import SegUnifyError
+from segunify_core.training.datasets import (
     centre_crop_resize,
     potsdam_eval_samples,
     potsdam_ids,
@@ -18,7 +19,6 @@ from segunify_core.datasets import (
     potsdam_root,
     training_images,
 )
-from segunify_core.errors import SegUnifyError
 from tests.conftest import TINY_VIT
 
 # Appearance per coarse class; each coarse class is labelled with both of its fine ISPRS classes.

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from segunify_core.errors import SegUnifyError
-from segunify_core.raster_io import RasterReader, choose_bands
+from segunify_core.files.raster_io import RasterReader, choose_bands
+from segunify_core.job.tiling import WindowPlan
 from segunify_core.synthetic import make_blobs, write_geotiff
-from segunify_core.tiling import WindowPlan
 from tests.conftest import TINY_VIT
 from tests.helpers import exploit_pickle
 
@@ -238,7 +238,7 @@ def test_model_backbone_mismatch(env, tmp_path):
 
 
 def test_model_band_mismatch(env, tiny_backbone, tmp_path):
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.training.trainer import TrainConfig, train
 
     img = np.concatenate([make_blobs(200, 200, seed=5)[0], np.full((1, 200, 200), 9, np.uint8)])
     four = write_geotiff(tmp_path / "four.tif", img)

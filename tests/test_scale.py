@@ -16,11 +16,11 @@ import pytest
 import rasterio
 import torch
 
-from segunify_core.model import load_model
-from segunify_core.parts import run_part
-from segunify_core.planning import Geometry, parts_from_json, parts_to_json, plan
-from segunify_core.segment import SegmentOptions, segment, segment_raster
-from segunify_core.spec import JobSpec, RunFacts
+from segunify_core.files.model_file import load_model
+from segunify_core.job.parts import run_part
+from segunify_core.job.planning import Geometry, parts_from_json, parts_to_json, plan
+from segunify_core.job.segment import SegmentOptions, segment, segment_raster
+from segunify_core.job.spec import JobSpec, RunFacts
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.conftest import TINY_VIT
 
@@ -80,8 +80,10 @@ class _WindowNoiseModel(torch.nn.Module):
         self.config = type("C", (), {"n_clusters": k, "patch_size": 16, "bands": None, "gsd": None})()
         self.n_classes = k
 
-    def code(self, rgb: torch.Tensor, flip: bool = True) -> torch.Tensor:
-        return rgb
+    attached_backbone = torch.nn.Identity()  # features = codes = the RGB itself
+
+    def compress(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
     def log_probs_from_code(self, code: torch.Tensor, size) -> torch.Tensor:
         out = []
@@ -95,7 +97,7 @@ class _WindowNoiseModel(torch.nn.Module):
 def test_blender_in_the_real_label_loop_equals_whole_raster_accumulation(tmp_path):
     """run_part (the real loop: reads, batches, skipped nodata windows, strips) blends exactly like
     a whole-raster accumulation of every window's probabilities, for any part layout."""
-    from segunify_core.windows import TileSource
+    from segunify_core.job.windows import TileSource
 
     img, _ = make_blobs(610, 470, seed=4)
     img[:, :200, :230] = 0  # a nodata corner: windows inside it are never blended
@@ -117,7 +119,7 @@ def test_blender_in_the_real_label_loop_equals_whole_raster_accumulation(tmp_pat
         results[block] = probs
     raster = parts[0].raster
     window_plan = raster.window_plan()
-    from segunify_core.raster_io import RasterReader
+    from segunify_core.files.raster_io import RasterReader
 
     total, weight = np.zeros((3, 470, 610)), np.zeros((470, 610))
     with RasterReader.open(src) as reader:
@@ -229,7 +231,7 @@ def test_batch_of_six_on_a_cluster_equals_in_process(tiny_model, tiny_weights, t
 def test_training_on_a_cluster_gives_the_same_model(client, tiny_backbone, tiny_weights, tmp_path):
     from safetensors.torch import load_file
 
-    from segunify_core.training import TrainConfig, train
+    from segunify_core.training.trainer import TrainConfig, train
 
     img, _ = make_blobs(500, 500, seed=9)
     tif = write_geotiff(tmp_path / "train.tif", img)
@@ -246,8 +248,8 @@ def test_training_on_a_cluster_gives_the_same_model(client, tiny_backbone, tiny_
 def test_cluster_without_distributed_says_how_to_install(monkeypatch):
     import builtins
 
-    from segunify_core.engines import connect
     from segunify_core.errors import SegUnifyError
+    from segunify_core.job.engines import connect
 
     real_import = builtins.__import__
 

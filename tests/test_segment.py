@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from segunify_core.model import load_model
-from segunify_core.segment import SegmentOptions, segment_raster
+from segunify_core.files.model_file import load_model
+from segunify_core.job.segment import SegmentOptions, segment_raster
+from segunify_core.job.tiling import WindowPlan
 from segunify_core.synthetic import make_blobs, write_geotiff
-from segunify_core.tiling import WindowPlan
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 SAMPLES = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/RGBA.byte.tif", "rasterio/world.rgb.tif",
@@ -226,7 +226,7 @@ def test_vectorize_sample(samples, model, tmp_path):
 
 def test_vectorize_blocks_dissolve(tmp_path):
     """Block-wise polygonising merges polygons cut by block edges."""
-    from segunify_core.vectorize import vectorize
+    from segunify_core.files.vectorize import vectorize
 
     labels = np.ones((1, 300, 300), np.uint8)
     labels[0, 100:200, 100:200] = 2
@@ -264,7 +264,7 @@ def test_self_fit_cli(tiny_weights, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "device: cpu" in run.stderr
-    from segunify_core.metrics import confusion_matrix, hungarian_scores
+    from segunify_core.training.metrics import confusion_matrix, hungarian_scores
 
     with rasterio.open(out) as ds:
         pred = ds.read(1).astype(int) - 1
@@ -278,7 +278,7 @@ def test_gdal_block_cache_capped_at_128_megabytes(model, tmp_path, monkeypatch):
     (128 bytes instead of 128 MB made a decimated read of a 2k raster take 18 s instead of 0.03 s)."""
     from rasterio._env import get_gdal_config
 
-    import segunify_core.windows as windows_module
+    import segunify_core.job.windows as windows_module
 
     seen = {}
     inner = windows_module.TileSource.read
@@ -296,8 +296,8 @@ def test_gdal_block_cache_capped_at_128_megabytes(model, tmp_path, monkeypatch):
 
 def test_resume_after_a_kill_during_self_fit_keeps_the_fitted_model(tiny_backbone, tmp_path, monkeypatch):
     """A run stopped after self-fit, before its first part, resumes without fitting again."""
-    import segunify_core.segment as segment_module
-    from segunify_core.selffit import SelfFitOptions
+    import segunify_core.job.segment as segment_module
+    from segunify_core.job.selffit import SelfFitOptions
 
     img, _ = make_blobs(400, 300, seed=11)
     src = write_geotiff(tmp_path / "in.tif", img)

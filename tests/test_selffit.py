@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from segunify_core.model import read_model_file
+from segunify_core.files.model_file import read_model_file
 from tests.conftest import TINY_VIT, make_blobs, write_geotiff
 
 CLI = [sys.executable, "-m", "segunify_cli"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from segunify_core.datasets import plan_windows
-from segunify_core.model import load_model
-from segunify_core.training import TrainConfig, learning_rate, state_path, train
+from segunify_core.files.model_file import load_model
+from segunify_core.training.datasets import plan_windows
+from segunify_core.training.trainer import TrainConfig, learning_rate, state_path, train
 
 
 class CountingBackbone(torch.nn.Module):
@@ -110,7 +110,7 @@ def test_training_on_png_and_jpeg(tmp_path, tiny_backbone):
 def test_training_leaves_the_callers_random_state_alone(tiny_backbone):
     """Initialisation is seeded by the config, inside a forked generator: the same seed gives the
     same model and the caller's torch generator continues as if training had not run."""
-    from segunify_core.training import new_model
+    from segunify_core.training.trainer import new_model
 
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -14,16 +14,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from segunify_core.compressor import Compressor, dropout2d_mask
-from segunify_core.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
 from segunify_core.errors import SegUnifyError
-from segunify_core.evaluation import evaluate
-from segunify_core.labeler import Labeler
-from segunify_core.losses import energy, move_fixed_points, reference_pairing, smoothness
-from segunify_core.model import ModelConfig, SegUnifyModel, load_model
-from segunify_core.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.files.model_file import load_model
+from segunify_core.method.compressor import Compressor, dropout2d_mask
+from segunify_core.method.labeler import Labeler
+from segunify_core.method.losses import energy, move_fixed_points, reference_pairing, smoothness
+from segunify_core.method.model import ModelConfig, SegUnifyModel
 from segunify_core.synthetic import make_blobs, write_geotiff
-from segunify_core.training import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
+from segunify_core.training.datasets import ArrayImage, plan_windows, potsdam_ids, resize_image
+from segunify_core.training.evaluation import evaluate
+from segunify_core.training.presets import BACKBONE, PRESETS, _cli_value, markdown_table, resolve
+from segunify_core.training.trainer import TrainConfig, Trainer, lr_factor, steps_per_epoch, train
 from tests.conftest import REPO, TINY_VIT
 from tests.test_potsdam import fabricate
 
@@ -124,7 +125,7 @@ def test_code_uses_one_mask_per_branch():
 def test_trainer_feeds_each_mask_to_its_place(masks, monkeypatch):
     """In a training step the linear branch, the nonlinear branch and the affinities get the
     three masks (independent) or one (shared)."""
-    import segunify_core.training as training
+    import segunify_core.training.trainer as training
 
     trainer = small_trainer(dropout=0.5, dropout_masks=masks)
     seen = {}
@@ -274,7 +275,7 @@ def test_readme_shows_the_preset_table():
     for name in PRESETS:
         assert f"--preset {name}" in readme
         assert markdown_table(name) in readme, (
-            "README's preset table is out of date; paste `python -m segunify_core.presets` into it")
+            "README's preset table is out of date; paste `python -m segunify_core.training.presets` into it")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -419,7 +420,7 @@ def test_best_validation_checkpoint_is_kept(scene_tif, tiny_backbone, tmp_path):
 
 
 def test_resume_with_validation_keeps_history_and_best(scene_tif, tiny_backbone, tmp_path):
-    from segunify_core.training import state_path
+    from segunify_core.training.trainer import state_path
 
     path, _ = scene_tif
     val = labelled_folder(tmp_path / "val", [10, 11])

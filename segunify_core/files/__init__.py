@@ -1,0 +1,1 @@
+"""Readers and writers: atomic writes, rasters, model files, manifests, outputs, previews, vectors."""

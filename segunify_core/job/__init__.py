@@ -1,0 +1,1 @@
+"""The raster job: plan, tile, run parts (in process or on Dask), blend and assemble."""

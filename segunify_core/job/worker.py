@@ -1,0 +1,86 @@
+"""The worker side of a Dask run: the task that runs one part, the model each worker process loads
+once, and the worker set-up (torch threads, allocator). The driver (`engines.py`) uses only
+`run_part_task`, `torch_threads_plugin`, `host_of` and `import_distributed`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+import torch
+
+from ..errors import SegUnifyError
+from .parts import run_part
+from .planning import Part
+from .spec import JobSpec, RunFacts
+
+INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
+
+
+def import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise SegUnifyError(INSTALL_HINT) from None
+    return distributed
+
+
+def worker_model(job: JobSpec, facts: RunFacts):
+    """The model and CRF of this job, loaded once per process (a worker runs many parts)."""
+    if facts.model_file is None:
+        raise ValueError("a part run on a worker needs the model file (RunFacts.model_file)")
+    return _load_worker_model(job.to_json(), facts)
+
+
+@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the whole spec and run facts
+def _load_worker_model(job_json: str, facts: RunFacts):
+    from ..files.model_file import load_model
+    from ..method.backbone import choose_precision
+    from ..method.crf import make_crf
+
+    job = JobSpec.from_json(job_json)
+    device = torch.device(facts.device)
+    assert facts.model_file is not None  # checked by worker_model
+    model = load_model(facts.model_file, backbone_weights=facts.backbone_weights,
+                       precision=choose_precision(facts.precision, device), fuse=facts.fuse)
+    # A Dask worker is a daemon process and may not start the CRF's own worker processes.
+    return model.to(device).eval(), make_crf(job.crf, workers=1)
+
+
+def run_part_task(part: dict, job: str, facts: dict) -> dict[str, str]:
+    """The Dask task: one part, from the job spec's JSON and the run facts."""
+    spec, run = JobSpec.from_json(job), RunFacts(**facts)
+    model, crf = worker_model(spec, run)
+    return run_part(Part.from_dict(part), spec, run, model, crf)
+
+
+def host_of(address: str) -> str:
+    return address.rsplit(":", 1)[0].split("://")[-1]
+
+
+def set_torch_threads(workers_per_host: dict[str, int], address: str) -> None:
+    """Torch threads of a worker: its host's cores shared by that host's workers (Dask's nanny sets
+    OMP_NUM_THREADS=1, which would leave torch on one thread)."""
+    share = workers_per_host.get(host_of(address)) or workers_per_host.get(socket.gethostname()) or 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
+
+
+def torch_threads_plugin(workers_per_host: dict[str, int]):
+    """A Dask WorkerPlugin (made here: Dask is imported only for cluster runs) that sets torch's
+    threads on every worker, including workers that join or restart later, and tunes the worker
+    process's allocator for the backbone (a worker runs only our tasks)."""
+    import_distributed()  # the clear message when the extra is missing
+    from distributed import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "segunify-torch-threads"
+
+        def setup(self, worker) -> None:
+            from ..method.backbone import reuse_freed_memory
+
+            set_torch_threads(workers_per_host, worker.address)
+            reuse_freed_memory()
+
+    return TorchThreads()

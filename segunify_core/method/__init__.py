@@ -1,0 +1,1 @@
+"""The method itself: backbone, head, losses, legend, CRF and inference on windows."""

@@ -1,0 +1,221 @@
+"""The frozen ViT backbone: ImageNet-normalised RGB (B, 3, H, W) to the last block's patch tokens
+after the final norm, as a (B, C, H/p, W/p) grid, in the chosen precision. It is frozen and always
+in eval mode. Names come from `registry`, local weights files from `checkpoints`, the fused CPU
+graph from `fused`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import functools
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .. import settings
+from ..errors import SegUnifyError
+from . import registry
+from .checkpoints import WeightsFile, load_weights
+from .fused import FeatureGraph, FusedGraph
+from .registry import DEFAULT_BACKBONE, BackboneSpec, patch_size
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RUN_PRECISIONS = ("fp32", "bf16", "fp16")  # what settings.PRECISIONS resolve to; fp16 only on GPUs without bf16
+FUSE_CHOICES = ("auto", True, False)
+
+
+@functools.cache
+def reuse_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the
+    system: otherwise every layer's activations are page-faulted in afresh (ViT-S/8, one 320 px
+    window on CPU: 56,000 page faults and about a fifth of the time). A process-wide setting, so
+    only the processes SegUnify owns call it (the CLI's entry point, the Dask worker setup); the
+    library never does. Once per process; Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below it come from the reusable heap
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: free heap kept before it is given back
+    except (OSError, AttributeError):  # not glibc: its allocator's defaults stand
+        pass
+
+
+class Backbone(nn.Module):
+    """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p).
+
+    precision: "fp32", "bf16" or "fp16" (autocast). fuse (CPU execution, see `_fused`): "auto"
+    fuses the bfloat16 graph and runs float32 eagerly; True/False force the fused graph on or off.
+    weights: the local checkpoint the ViT was loaded from (None: hub or random weights).
+    The settings are fixed at construction; `with_settings` gives a backbone with others.
+    """
+
+    mean: torch.Tensor  # buffers: ImageNet normalisation
+    std: torch.Tensor
+
+    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = "fp32",
+                 fuse: bool | str = "auto", weights: WeightsFile | None = None):
+        super().__init__()
+        if precision not in RUN_PRECISIONS:
+            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(RUN_PRECISIONS)} "
+                                "(choose_precision turns the precision setting, --precision, into one of them).")
+        if fuse not in FUSE_CHOICES:
+            raise ValueError(f"fuse must be one of {FUSE_CHOICES}, not {fuse!r}")
+        self.spec = spec
+        self.model = model
+        self._precision, self._fuse, self._weights = precision, fuse, weights
+        self.patch_size = patch_size(model)
+        self.feature_dim = int(model.num_features)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._graphs: dict[tuple, FusedGraph | None] = {}
+        self._graph_models: dict[torch.dtype, nn.Module] = {}
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.eval()
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def fuse(self) -> bool | str:
+        return self._fuse
+
+    @property
+    def weights(self) -> WeightsFile | None:
+        return self._weights
+
+    def with_settings(self, precision: str | None = None, fuse: bool | str | None = None) -> Backbone:
+        """A backbone sharing this one's frozen ViT, with another precision and/or fusion."""
+        if (precision or self.precision) == self.precision and (self.fuse if fuse is None else fuse) == self.fuse:
+            return self
+        other = Backbone(self.spec, self.model, precision or self.precision, self.fuse if fuse is None else fuse,
+                         self.weights)
+        return other.to(self.mean.device)
+
+    def train(self, mode: bool = True) -> Backbone:
+        return super().train(False)  # frozen: dropout and stochastic depth stay off
+
+    @property
+    def runs_fused(self) -> bool:
+        """Whether some input size has run through a fused graph (else all ran eagerly)."""
+        return any(g is not None for g in self._graphs.values())
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
+        return (rgb.float() / 255.0 - self.mean) / self.std
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return torch.autocast(device_type=device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb: (B, 3, H, W) in 0..255, H and W multiples of the patch size."""
+        b, _, h, w = rgb.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
+        x = self.normalize(rgb)
+        graph = self._fused(x)
+        if graph is not None:
+            tokens = graph(x)
+        elif x.device.type == "cpu":
+            # One window at a time: its activations (about 10 MB for ViT-S/8 at 320 px) stay in the
+            # CPU's cache, where a batch of 8 streams from memory (float32, ViT-S/8: 0.80 against
+            # 0.72 of the matrix-product rate; bench/run.py).
+            with self.autocast(x.device):
+                tokens = torch.cat([self.model.forward_features(x[i:i + 1]) for i in range(b)])
+        else:
+            with self.autocast(x.device):
+                tokens = self.model.forward_features(x)
+        grid = tokens[:, self.num_prefix_tokens:, :].float()
+        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
+
+    def _fused(self, x: torch.Tensor) -> FusedGraph | None:
+        """The fused graph for this input size and precision (built on first use), or None.
+
+        By default ("auto") only bfloat16 runs fused: there oneDNN's fused attention beats eager
+        PyTorch (0.84-0.93 against about 0.47 of the matrix-product rate on AVX-512 BF16). In
+        float32 eager PyTorch's flash attention, one window at a time, is faster (0.80 against
+        0.61 for the fused graph on an AVX2 CPU, ViT-S/8, 320 px).
+        """
+        if self.fuse is False or x.device.type != "cpu" or self.precision not in ("fp32", "bf16"):
+            return None
+        if self.fuse == "auto" and self.precision != "bf16":
+            return None
+        key = (self.precision, *x.shape[-2:])
+        if key not in self._graphs:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            if dtype not in self._graph_models:  # one converted copy per precision, for all sizes
+                self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model).to(dtype)).eval()
+            self._graphs[key] = FusedGraph.build(self._graph_models[dtype], x[:1], dtype)
+        return self._graphs[key]
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsFile | None = None,
+                    pretrained: bool = True, precision: str = "fp32", fuse: bool | str = "auto") -> Backbone:
+    """Build a frozen backbone by short name or timm name.
+
+    weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth), or its
+    `WeightsFile` when already hashed. Without it and with pretrained=True the weights come from
+    timm's hub download (cached). pretrained=False gives random weights (tests and benchmarks).
+    precision and fuse: see `Backbone`.
+    """
+    spec = registry.resolve_backbone(name)
+    record = None
+    if weights is not None:
+        record = weights if isinstance(weights, WeightsFile) else WeightsFile.of(weights)
+        model = registry.create_timm(spec.timm_name, pretrained=False)
+        load_weights(model, Path(record.path))
+    elif pretrained:
+        try:
+            model = registry.create_timm(spec.timm_name, pretrained=True)
+        except SegUnifyError:
+            raise
+        except Exception as exc:
+            raise SegUnifyError(
+                f"Could not download the weights of backbone '{spec.name}' ({type(exc).__name__}); "
+                "on a machine without internet give a local checkpoint as the backbone weights file (--backbone-weights) "
+                "(official DINO .pth or timm .safetensors/.pth)."
+            ) from None
+    else:
+        model = registry.create_timm(spec.timm_name, pretrained=False)
+    return Backbone(spec, model, precision, fuse, record)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX-512 BF16 or AMX, where bfloat16 matrix products run natively."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """The precision to run (one of RUN_PRECISIONS) for the precision setting. auto: bf16 on CUDA GPUs
+    that support it (fp16 on older ones) and on CPUs with native bfloat16, else fp32."""
+    if requested not in settings.PRECISIONS:
+        raise SegUnifyError(f"Unknown precision '{requested}'; use one of {', '.join(settings.PRECISIONS)} "
+                            "(--precision).")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"

@@ -1,0 +1,1 @@
+"""Training and evaluation: datasets, the feature cache, the trainer, presets, metrics."""
