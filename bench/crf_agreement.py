@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from common import REPO, random_checkpoint, report
 
+from segunify_core import settings
 from segunify_core.files.raster_io import RasterReader
 from segunify_core.job.planning import Geometry, plan_raster
 from segunify_core.job.selffit import SelfFitOptions, self_fit
@@ -41,7 +42,7 @@ def main() -> None:
         raise SystemExit("pydensecrf (pydensecrf2) is not installed; nothing to compare")
     with tempfile.TemporaryDirectory() as tmp:
         weights = random_checkpoint("vit_small_patch8_224.dino", Path(tmp))
-        backbone = create_backbone("dino_vits8", weights, precision=choose_precision("auto", torch.device("cpu")))
+        backbone = create_backbone("dino_vits8", weights, precision=choose_precision(settings.PRECISION, torch.device("cpu")))
         ref, fast = PyDenseCRF(), TorchDenseCRF(stride=int(os.environ.get("CRF_STRIDE", 16)))
         totals = []
         for name in RASTERS:

@@ -29,13 +29,14 @@ from pathlib import Path
 
 from common import random_checkpoint, report
 
+from segunify_core import settings
 from segunify_core.method.backbone import create_backbone
 from segunify_core.method.inference import predict_labels
 from segunify_core.training.metrics import confusion_matrix, hungarian_scores
 from segunify_core.training.trainer import TrainConfig, Trainer, new_model
 
 BACKBONE = "vit_tiny_patch16_224"
-WINDOW = 224
+WINDOW = settings.TRAIN_WINDOW
 
 
 def scene_cache(scene: Path, size: int, backbone, folder: Path, windows: int):

@@ -26,7 +26,7 @@ from segunify_core.files.model_file import load_model
 from segunify_core.job.segment import SegmentOptions, segment_raster
 model = load_model({model!r}, backbone_weights={weights!r})
 start = time.perf_counter()
-segment_raster({src!r}, {dst!r}, model, SegmentOptions(window=320, stride=256, batch_size=4, overwrite=True))
+segment_raster({src!r}, {dst!r}, model, SegmentOptions(overwrite=True))
 # VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 1024}}))

@@ -26,6 +26,7 @@ machines do not compare across runs). Prints one JSON object per line.
    one-off start is reported as warmup_s. 2k and 4k: best of two runs; 8k: one run.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
+`--family backbone` runs only item 1 (both backbones; about 3 minutes on 2 cores).
 `--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
 scheduler overhead, cold start, assembly share, peak RSS per worker). `--device cuda` runs the
 GPU figures instead (bench/gpu.py: end to end on an 8k raster, the backbone's share of the
@@ -47,6 +48,7 @@ import rasterio
 import torch
 from common import REPO, generated_raster, random_checkpoint, report, vit_flops
 
+from segunify_core import settings
 from segunify_core.method.backbone import choose_precision, create_backbone, reuse_freed_memory
 
 TARGETS = {"efficiency": 0.75, "overhead": 1.10, "crf_torch": 0.5}
@@ -85,15 +87,15 @@ def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds:
     """Returns the backbone's seconds per window (one forward pass)."""
     spec_model = create_backbone(name, pretrained=False)
     backbone = create_backbone(name, random_checkpoint(spec_model.spec.timm_name, tmp), precision=precision)
-    x = torch.rand(windows, 3, 320, 320) * 255
+    x = torch.rand(windows, 3, settings.WINDOW, settings.WINDOW) * 255
     batch = torch.cat([x, x.flip(-1)])  # the pipeline's call: windows and their mirrors
     product, product_flops = matmul(precision)
     # the product repeated to do about the backbone call's FLOPs, so both see the same stretches of time
-    product_repeat = max(1, round(vit_flops(backbone, 320) * len(batch) / product_flops))
+    product_repeat = max(1, round(vit_flops(backbone, settings.WINDOW) * len(batch) / product_flops))
     backbone(batch)  # warm-up: graph build, first allocations
     times = in_turn({"backbone": lambda: backbone(batch),
                      "matmul": lambda: [product() for _ in range(product_repeat)]}, rounds)
-    flops = vit_flops(backbone, 320) * len(batch)
+    flops = vit_flops(backbone, settings.WINDOW) * len(batch)
     # each round's backbone rate against the product rate measured right after it
     pairs = zip(times["backbone"], times["matmul"], strict=True)
     ratios = [(flops / b) / (product_flops * product_repeat / m) for b, m in pairs]
@@ -105,7 +107,7 @@ def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds:
     report(f"backbone_efficiency_{name}", ratio, "fraction of matmul FLOP/s", target=f">= {TARGETS['efficiency']}",
            ok=ratio >= TARGETS["efficiency"], precision=precision, batch=len(batch),
            execution="fused oneDNN graph" if fused else "eager, one window at a time",
-           gflops_per_window=round(vit_flops(backbone, 320) / 1e9, 1), achieved_gflops=round(achieved / 1e9, 1),
+           gflops_per_window=round(vit_flops(backbone, settings.WINDOW) / 1e9, 1), achieved_gflops=round(achieved / 1e9, 1),
            matmul_gflops=round(peak / 1e9, 1), seconds_per_window=round(seconds / len(batch), 3),
            round_ratios=[round(r, 3) for r in ratios])
     return seconds / len(batch)
@@ -159,8 +161,8 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
     model = load_model(model_path, backbone_weights=weights, precision=precision)
     backbone = model.attached_backbone
     with rasterio.open(src) as ds:
-        windows = len(WindowPlan(side, side, 320, 256, *grid_phase(ds.transform)))
-    x = torch.rand(batch, 3, 320, 320) * 255
+        windows = len(WindowPlan(side, side, settings.WINDOW, settings.STRIDE, *grid_phase(ds.transform)))
+    x = torch.rand(batch, 3, settings.WINDOW, settings.WINDOW) * 255
     sizes = [min(batch, windows - first) for first in range(0, windows, batch)]  # the pipeline's batches
     first = time.perf_counter()
     backbone(torch.cat([x, x.flip(-1)]))
@@ -172,7 +174,7 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
 
     def pipeline():
         segment_raster(src, tmp / "pipeline_out.tif", model,
-                       SegmentOptions(window=320, stride=256, batch_size=batch, overwrite=True))
+                       SegmentOptions(batch_size=batch, overwrite=True))
 
     best = {key: min(values) for key, values in in_turn({"pipeline": pipeline, "backbone": backbone_only},
                                                         repeat).items()}
@@ -193,12 +195,12 @@ from segunify_core.job.segment import SegmentOptions, segment_raster
 reuse_freed_memory()  # as the CLI does
 model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})
 start = time.perf_counter()
-segment_raster({warm!r}, {warm_out!r}, model, SegmentOptions(window=320, stride=256, flip=False, overwrite=True))
+segment_raster({warm!r}, {warm_out!r}, model, SegmentOptions(flip=False, overwrite=True))
 warmup = time.perf_counter() - start
 seconds = float("inf")
 for _ in range({repeat}):
     start = time.perf_counter()
-    segment_raster({src!r}, {dst!r}, model, SegmentOptions(window=320, stride=256, flip=False, overwrite=True))
+    segment_raster({src!r}, {dst!r}, model, SegmentOptions(flip=False, overwrite=True))
     seconds = min(seconds, time.perf_counter() - start)
 # VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
@@ -244,12 +246,13 @@ def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="ViT-S/8 only, 1k/2k/4k scaling")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    parser.add_argument("--precision", default=settings.PRECISION, choices=settings.PRECISIONS,
                         help="as tile-segment's --precision (auto: bf16 on CPUs with native bfloat16)")
     parser.add_argument("--scaling-backbone", default="vit_tiny_patch16_224",
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
-    parser.add_argument("--family", default="speed", choices=["speed", "scale"],
-                        help="speed: the figures above; scale: the Dask engine's figures (bench/scale.py)")
+    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "scale"],
+                        help="speed: the figures above; backbone: item 1 only; scale: the Dask engine's "
+                             "figures (bench/scale.py)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU figures instead (bench/gpu.py: end to end on 8k, backbone share, memory)")
     parser.add_argument("--dry-run", action="store_true",
@@ -279,7 +282,10 @@ def main() -> None:
         runs = [("dino_vits8", 2, 5)] if args.quick else [("dino_vits8", 2, 5), ("dino_vitb8", 1, 3)]
         for name, windows, rounds in runs:
             per_window = backbone_section(name, tmp, windows, precision, rounds)
-            crf_section(per_window, name, 4)
+            if args.family != "backbone":
+                crf_section(per_window, name, 4)
+        if args.family == "backbone":
+            return
         pipeline_section(tmp, precision, 800, 4)
         scaling_section(tmp, precision, [1024, 2048, 4096] if args.quick else [2048, 4096, 8192],
                         args.scaling_backbone)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from common import generated_raster, random_checkpoint, report
 
+from segunify_core import settings
+
 BACKBONE = "vit_tiny_patch16_224"
 
 
@@ -55,18 +57,18 @@ def _model(tmp: Path):
 def _options(**kw):
     from segunify_core.job.segment import SegmentOptions
 
-    return SegmentOptions(**{"window": 320, "stride": 256, "flip": False, "overwrite": True, **kw})
+    return SegmentOptions(**{"flip": False, "overwrite": True, **kw})
 
 
 def halo_overhead(src: Path, patch_size: int, block: int) -> None:
     """Windows computed over all parts against the windows of the whole raster's plan."""
     from segunify_core.job.planning import Geometry, plan
 
-    parts = plan([src], [src.with_name("halo.tif")], Geometry(320, 256, patch_size, 0.5), block=block)
+    parts = plan([src], [src.with_name("halo.tif")], Geometry(settings.WINDOW, settings.STRIDE, patch_size, 0.5), block=block)
     computed = sum(len(p.tiles()) for p in parts)
     windows = len(parts[0].raster.window_plan())
     report("scale_halo_overhead_per_axis", (computed / windows) ** 0.5 - 1, "fraction",
-           estimate_w_over_b=round(320 / block, 4), block=block, windows=windows, computed=computed,
+           estimate_w_over_b=round(settings.WINDOW / block, 4), block=block, windows=windows, computed=computed,
            parts=len(parts))
 
 
@@ -130,7 +132,7 @@ def cold_start(tmp: Path) -> None:
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / "cold.tif", 1024)
-    parts = plan([src], [tmp / "o.tif"], Geometry(320, 256, 16, 0.5), block=512)
+    parts = plan([src], [tmp / "o.tif"], Geometry(settings.WINDOW, settings.STRIDE, 16, 0.5), block=512)
     job = JobSpec.build([src], [tmp / "o.tif"], SegmentOptions(flip=False), model_file=path).to_json()
     facts = RunFacts(str(tmp), model_file=str(path), model_sha256="bench", backbone_weights=str(weights)).to_dict()
     cluster, client, _ = _cluster(1)

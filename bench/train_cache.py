@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common import generated_raster, random_checkpoint, report
 
+from segunify_core import settings
 from segunify_core.method.backbone import choose_precision, create_backbone
 from segunify_core.training.trainer import TrainConfig, train
 
@@ -21,14 +22,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--windows", type=int, default=128)
-    parser.add_argument("--backbone", default="dino_vits8")
+    parser.add_argument("--backbone", default=settings.BACKBONE)
     args = parser.parse_args()
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = random_checkpoint(create_backbone(args.backbone, pretrained=False).spec.timm_name, tmp)
-        backbone = create_backbone(args.backbone, weights, precision=choose_precision("auto", torch.device("cpu")))
+        backbone = create_backbone(args.backbone, weights, precision=choose_precision(settings.PRECISION, torch.device("cpu")))
         data = generated_raster(tmp / "train.tif", 2048)
         times: dict[str, float] = {}
         marks: dict[str, float] = {}
@@ -39,7 +40,7 @@ def main() -> None:
             marks[f"{phase}_end"] = now
             marks["last"] = now
 
-        config = TrainConfig(classes=5, steps=args.steps, batch_size=32, max_windows=args.windows, window=224)
+        config = TrainConfig(classes=5, steps=args.steps, max_windows=args.windows)
         start = time.perf_counter()
         marks["last"] = start
         train([data], tmp / "model.safetensors", config, backbone=backbone, cache_dir=tmp / "cache",

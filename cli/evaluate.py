@@ -22,7 +22,7 @@ from .options import (
 @click.command("evaluate")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("--split", default=settings.EVAL_SPLIT, show_default=True,
+@click.option("--split", type=click.Choice(settings.POTSDAM_SPLITS), default=settings.EVAL_SPLIT, show_default=True,
               help="Potsdam split: test (labelled_test.txt), val (the validation subset of labelled_train that "
                    "`train --val` uses), train, unlabelled_train, all_train, all.")
 @click.option("--resolution", type=click.Choice([str(r) for r in settings.EVAL_RESOLUTIONS]),

@@ -33,7 +33,7 @@ from .options import (
 @self_fit_options(settings.TILE_SEGMENT)
 @click.option("--save-model", "save_model_path", type=click.Path(dir_okay=False), default=None, help="Self-fit: keep the fitted model.")
 @segment_options(settings.TILE_SEGMENT)
-@click.option("--resume", is_flag=True,
+@click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
               help="Keep the finished parts of an interrupted run (beside OUTPUT) and compute only the missing ones.")
 @engine_options
 @backbone_option

@@ -9,11 +9,8 @@ from click.core import ParameterSource
 
 from segunify_core import settings
 from segunify_core.files.raster_io import parse_bands
-from segunify_core.method.compressor import DROPOUT_MASKS
-from segunify_core.method.losses import PAIRINGS
-from segunify_core.training.datasets import POTSDAM_TRAIN_SPLITS, RESIZE_MODES
 from segunify_core.training.presets import PRESETS, resolve
-from segunify_core.training.trainer import EMA_ORDERS, LR_SCHEDULES, TrainConfig, train
+from segunify_core.training.trainer import TrainConfig, train
 
 from .common import prepare
 from .options import (
@@ -47,22 +44,25 @@ D = TrainConfig()
 @click.option("--lr-compressor", default=D.lr_compressor, show_default=True)
 @click.option("--lr-labeler", default=D.lr_labeler, show_default=True)
 @click.option("--weight-decay", default=D.weight_decay, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=D.lr_schedule, show_default=True,
+@click.option("--lr-schedule", type=click.Choice(settings.LR_SCHEDULES), default=D.lr_schedule, show_default=True,
               help="poly-step: lr x (1 - step/steps)^power each step; poly-epoch: the same factor advanced once "
                    "per pass over the windows (the reference run); constant.")
 @click.option("--poly-power", default=D.poly_power, show_default=True, help="Power of the polynomial decay.")
 @click.option("--alpha", default=D.alpha, show_default=True, help="EMA momentum of the global prototypes.")
-@click.option("--ema-order", type=click.Choice(EMA_ORDERS), default=D.ema_order, show_default=True,
+@click.option("--ema-order", type=click.Choice(settings.EMA_ORDERS), default=D.ema_order, show_default=True,
               help="Update the global prototypes after the optimiser step, or before backward (the reference run).")
 @click.option("--temperature", default=D.temperature, show_default=True, help="Soft-assignment temperature tau.")
 @click.option("--shift-intra", default=D.shift_intra, show_default=True, help="Closeness smoothness shift b1.")
 @click.option("--shift-inter", default=D.shift_inter, show_default=True, help="Cross-image smoothness shift b2.")
-@click.option("--pairing", type=click.Choice(tuple(PAIRINGS)), default=D.pairing, show_default=True,
+@click.option("--pairing", type=click.Choice(settings.PAIRINGS), default=D.pairing, show_default=True,
               help="Cross-image partners: a derangement, or the reference's permutation with fixed points "
                    "moved to the next image.")
+@click.option("--sampling", type=click.Choice(settings.SAMPLINGS), default=D.sampling, show_default=True,
+              help="epoch: every window once per epoch, in a new order each epoch, the last incomplete batch "
+                   "dropped (the reference run); step: each step draws its batch independently.")
 @click.option("--code-dim", default=D.code_dim, show_default=True, help="Code dimension D.")
 @click.option("--dropout", default=D.dropout, show_default=True)
-@click.option("--dropout-masks", type=click.Choice(DROPOUT_MASKS), default=D.dropout_masks, show_default=True,
+@click.option("--dropout-masks", type=click.Choice(settings.DROPOUT_MASKS_CHOICES), default=D.dropout_masks, show_default=True,
               help="independent: three Dropout2d masks per step (linear branch, nonlinear branch, affinities); "
                    "shared: one for all three.")
 @click.option("--nonlinear/--no-nonlinear", " /--linear-only", default=D.nonlinear, show_default=True,
@@ -77,19 +77,21 @@ D = TrainConfig()
 @click.option("--five-crop/--no-five-crop", default=D.five_crop, show_default=True,
               help="Cut each image into four corners and the centre instead of random windows.")
 @click.option("--crop-ratio", default=D.crop_ratio, show_default=True, help="Five-crop side as a fraction of the shorter side.")
-@click.option("--resize", type=click.Choice(RESIZE_MODES), default=D.resize, show_default=True,
+@click.option("--resize", type=click.Choice(settings.RESIZE_MODES), default=D.resize, show_default=True,
               help="How windows are resampled to --window px.")
 @click.option("--flip/--no-flip", default=D.flip, show_default=True, help="Also cache horizontally flipped views.")
 @click.option("--amp/--no-amp", default=D.amp, show_default=True,
               help="Mixed precision (float16) training on a CUDA GPU; float32 on CPU.")
-@click.option("--checkpoint-every", default=D.checkpoint_every, show_default=True)
+@click.option("--checkpoint-every", default=D.checkpoint_every, show_default=True,
+              type=click.IntRange(min=settings.MIN_INTERVAL), help="Steps between resumable training states.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False), default=None,
               help="Labelled validation data (a Potsdam folder: its fixed validation subset of labelled_train; or "
                    "images/ + labels/): keep the model with the best validation mIoU. Never the test split.")
-@click.option("--val-every", default=D.val_every, show_default=True, help="Steps between validation scores.")
+@click.option("--val-every", default=D.val_every, show_default=True, type=click.IntRange(min=settings.MIN_INTERVAL),
+              help="Steps between validation scores.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint beside the model file.")
 @click.option("--gsd", type=float, default=None, help="Ground sampling distance (m) to train at; default: the data's median.")
-@click.option("--split", "potsdam_split", type=click.Choice(POTSDAM_TRAIN_SPLITS),
+@click.option("--split", "potsdam_split", type=click.Choice(settings.POTSDAM_TRAIN_SPLITS),
               default=D.potsdam_split, show_default=True,
               help="Potsdam split used when DATA is a Potsdam folder (train = labelled_train.txt).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,

@@ -10,6 +10,12 @@ from .errors import SegUnifyError
 DEVICE_CHOICES = settings.DEVICES
 
 
+def api_device(name: str | torch.device) -> torch.device:
+    """A device argument of the API: "auto" (settings.DEVICE, the default) as `--device auto`, any
+    other name torch accepts ("cpu", "cuda", "cuda:1") as it is."""
+    return resolve_device(name) if name == "auto" else torch.device(name)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

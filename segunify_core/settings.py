@@ -54,8 +54,14 @@ LOCAL_SETS = 1  # local prototype sets learning against the one global set (1: t
 # Compressor and Labeler.
 CODE_DIM = 64
 DROPOUT = 0.2
+# How training perturbs the features: "independent" draws three Dropout2d masks per step (the linear
+# branch's input, the nonlinear branch's input, the features the affinities use), as the reference
+# ran; "shared" draws one mask for all three.
+DROPOUT_MASKS_CHOICES = ("independent", "shared")
+DROPOUT_MASKS = "independent"
 NONLINEAR = True
 OUTER_SILU = False
+POINTWISE = True  # pointwise centring of the feature affinities
 TEMPERATURE = 0.1  # soft-assignment temperature tau
 ALPHA = 0.998  # EMA momentum of the global prototypes
 SHIFT_INTRA = 0.1  # closeness smoothness shift b1
@@ -73,6 +79,36 @@ MAX_WINDOWS = 2000
 MIN_MAX_WINDOWS = 2
 LR_COMPRESSOR = 1e-4
 LR_LABELER = 5e-4
+WEIGHT_DECAY = 1e-5  # Adam
+# poly-step: lr * (1 - step/steps)^power at every step (the method's text); poly-epoch: the same factor
+# advanced once per epoch, as the reference's framework stepped it; constant: no decay.
+LR_SCHEDULES = ("poly-step", "poly-epoch", "constant")
+LR_SCHEDULE = "poly-step"
+POLY_POWER = 2.0
+EMA_ORDERS = ("after", "before")  # global-prototype EMA after the optimiser step, or before backward
+EMA_ORDER = "after"
+PAIRINGS = ("derangement", "reference")  # cross-image partners (losses.PAIRINGS holds the functions)
+PAIRING = "derangement"
+# Which windows a step trains on. epoch: a new permutation of all windows each epoch, consecutive
+# batches take consecutive slices, the last incomplete batch is dropped (the reference's
+# DataLoader(shuffle=True, drop_last=True)); step: every step draws its batch independently.
+SAMPLINGS = ("epoch", "step")
+SAMPLING = "epoch"
+# How training windows are resampled to the window size: "nearest" is the reference's Potsdam
+# preprocessing (PIL nearest, pixel centres), "bilinear" is antialiased bilinear.
+RESIZE_MODES = ("bilinear", "nearest")
+RESIZE = "bilinear"
+FIVE_CROP = False  # cut each image into four corners and the centre instead of random windows
+CROP_RATIO = 0.5  # five-crop regions: this share of the shorter side
+AMP = False  # float16 mixed precision on CUDA
+CHECKPOINT_EVERY = 400  # steps between resumable training states
+VAL_EVERY = 400  # steps between validation scores (with validation data)
+MIN_INTERVAL = 1  # the least --checkpoint-every and --val-every
+# Potsdam (STEGO/IIC layout) splits: test = labelled_test.txt, train = labelled_train.txt, val = the
+# fixed validation subset of labelled_train that `train --val` uses, all = all.txt.
+POTSDAM_SPLITS = ("test", "train", "unlabelled_train", "all_train", "all", "val")
+POTSDAM_TRAIN_SPLITS = ("train", "unlabelled_train", "all_train")  # what training may read
+POTSDAM_TRAIN_SPLIT = "all_train"
 
 # Self-fit (a model fitted on the input itself): a short run on a few windows.
 FIT_STEPS = 300
@@ -89,16 +125,20 @@ STRIDE = 256  # model px
 MIN_STRIDE = 8
 MAX_STRIDE = 2048
 SEGMENT_BATCH_SIZE = 4  # windows per backbone call
-BLOCK = 4096  # source px per part side: a part runs for minutes on a CPU, seconds on a GPU
 MIN_SEGMENT_BATCH_SIZE = 1
 PROBABILITIES_DTYPES = ("float16", "uint8")
+PROBABILITIES_DTYPE = "float16"
+BLOCK = 4096  # source px per part side: a part runs for minutes on a CPU, seconds on a GPU
+# Keep the finished parts of an interrupted run (tile-segment and batch alike). Off: an interrupted
+# or cancelled run leaves nothing behind, and batch skips finished outputs anyway (--resume opts in).
+RESUME = False
 
 # Polygons (`segunify vectorize`, Vectorize classes).
 MIN_AREA = 0.0  # square metres; 0 keeps every region
 SIMPLIFY = 0.0  # CRS units; 0 keeps the pixel outlines
 
 # Scoring (`segunify evaluate`).
-EVAL_SPLIT = "test"  # Potsdam's labelled_test.txt
+EVAL_SPLIT = "test"  # Potsdam's labelled_test.txt (one of POTSDAM_SPLITS)
 EVAL_RESOLUTIONS = (224, 320)  # px: resize the shorter side, centre crop; 224 is SegUnify's, 320 STEGO's
 EVAL_RESOLUTION = 224
 EVAL_BATCH_SIZE = 8
@@ -202,16 +242,17 @@ class SegmentOptions(Declared):
         label="Bands (one or three)", kind="bands", result=True)
     probabilities: str | None = option(None, "Also write the blended class probabilities to this GeoTIFF.",
                                        commands=(TILE_SEGMENT,), kind="path", result=True)
-    probabilities_dtype: str = option(PROBABILITIES_DTYPES[0], "Storage of the probabilities (uint8: 0..255 scaled).",
+    probabilities_dtype: str = option(PROBABILITIES_DTYPE, "Storage of the probabilities (uint8: 0..255 scaled).",
                                       choices=PROBABILITIES_DTYPES, commands=(TILE_SEGMENT,), result=True)
     cog: bool = option(False, "Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).", result=True)
     overwrite: bool = option(False, {TILE_SEGMENT: "Replace an existing OUTPUT.",
                                      BATCH: "Redo files whose output exists (default: skip them)."})
     preview: str | None = option(None, "Write a PNG of image, classes and overlay.", commands=(TILE_SEGMENT,),
                                  kind="path")
-    device: str = option("cpu", "The resolved device (cpu or cuda) the job runs on.", commands=(), result=True)
+    device: str = option(DEVICE, "The device the job runs on (auto: a CUDA GPU if there is one, else the CPU).",
+                         commands=(), result=True)
     block: int = option(BLOCK, "Side of one part in source pixels.", minimum=1, result=True)
-    resume: bool = option(False, "Keep finished parts of an interrupted run and reuse them.", commands=())
+    resume: bool = option(RESUME, "Keep finished parts of an interrupted run and reuse them.", commands=())
 
 
 @dataclasses.dataclass(frozen=True)

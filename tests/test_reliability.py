@@ -387,7 +387,7 @@ def test_batch_interrupted(env, sig):
     out = env["out"] / "batch"
     proc = subprocess.Popen(CLI + ["--progress", "json", "batch", str(folder), str(out), "--model", str(env["model"]),
                                    "--backbone-weights", str(env["weights"]), "--window", "224", "--stride", "160",
-                                   "--batch-size", "1"],
+                                   "--batch-size", "1", "--resume"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     for line in proc.stdout:  # one job over the four files; each file is assembled once its parts are in
         event = json.loads(line)
@@ -397,7 +397,7 @@ def test_batch_interrupted(env, sig):
     proc.wait(timeout=120)
     assert proc.returncode == 130
     names = sorted(os.listdir(out))
-    # the finished file stays, nothing partial; the job's finished parts stay for the next run (resume)
+    # the finished file stays, nothing partial; with --resume the job's finished parts stay for the next run
     assert names == [".segunify-parts", "t0_classes.qml", "t0_classes.tif", "t0_classes.tif.aux.xml"], names
     assert not [p for p in (out / ".segunify-parts").iterdir() if ".partial" in p.name]
     assert digest(folder) == before

@@ -40,7 +40,7 @@ class Manifest:
                 return cls(folder, job)
             if data.get("job") != job:
                 raise SegUnifyError(f"The unfinished run in '{folder}' was made with other inputs or settings; "
-                                    "rerun with the same ones, or start over without resuming (drop --resume; for batch, --no-resume).")
+                                    "rerun with the same ones, or start over without resuming (--no-resume).")
             return cls(folder, job, data["parts"], resumed=True)
         return cls(folder, job)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import settings
 from ..errors import SegUnifyError, write_failure
 from ..method.backbone import Backbone, create_backbone
 from ..method.checkpoints import WeightsFile
@@ -149,7 +150,7 @@ def model_config(stored: dict[str, Any]) -> ModelConfig:
 
 
 def load_model(path: str | Path, backbone_weights: str | Path | None = None,
-               backbone: Backbone | None = None, pretrained: bool = True, precision: str = "fp32",
+               backbone: Backbone | None = None, pretrained: bool = True, precision: str = settings.PRECISION,
                fuse: bool | str = "auto") -> SegUnifyModel:
     """Load a model file and attach its backbone: the one given, or one built (with `precision`
     and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.

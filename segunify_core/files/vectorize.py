@@ -9,6 +9,7 @@ import rasterio
 from rasterio import features
 from rasterio.windows import Window
 
+from .. import settings
 from ..errors import SegUnifyError, write_failure
 from .atomic import atomic_path
 from .outputs import raster_class_names
@@ -17,8 +18,8 @@ BLOCK = 4096
 HALO = 64  # context read around each block so sieving sees regions that cross block edges
 
 
-def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float = 0.0,
-              simplify: float = 0.0, overwrite: bool = False, block: int = BLOCK) -> dict:
+def vectorize(classes_path: str | Path, output_path: str | Path, min_area: float = settings.MIN_AREA,
+              simplify: float = settings.SIMPLIFY, overwrite: bool = False, block: int = BLOCK) -> dict:
     """Write polygons with `class_id`, `class_name` (the raster's GDAL category names, else "class
     i") and `area_m2` (or pixel units without a CRS) to a GeoPackage."""
     import geopandas as gpd

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import settings
+from ..device import api_device
 from ..errors import SegUnifyError
 from ..files.manifest import Manifest, file_sha256
 from ..files.model_file import load_model, save_model
@@ -184,7 +185,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
     geometry = Geometry(options.window, options.stride, patch, model.config.gsd if model else None,
                         options.native_resolution)
     client = as_client(client)
-    device = torch.device(options.device)
+    device = api_device(options.device)
     folder = Path(job.job_folder) if job.job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -212,7 +213,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
         if n > settings.MAX_CLASSES:
             raise SegUnifyError(f"The model has {n} classes but a class raster holds at most {settings.MAX_CLASSES}; "
                                 "merge classes (`segunify classes --merge`) or fit fewer (--classes).")
-        precision = getattr(model.backbone, "precision", "fp32")
+        precision = getattr(model.backbone, "precision", settings.PRECISION)
         recorded = getattr(model.backbone, "weights", None)
         backbone_weights = job.backbone_weights
         if backbone_weights is None and recorded is not None:

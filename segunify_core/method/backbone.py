@@ -21,7 +21,7 @@ from .. import settings
 from ..errors import SegUnifyError
 from . import registry
 from .checkpoints import WeightsFile, load_weights
-from .fused import FeatureGraph, FusedGraph
+from .fused import FUSED_BATCH, FeatureGraph, FusedGraph
 from .registry import DEFAULT_BACKBONE, BackboneSpec, patch_size
 
 if TYPE_CHECKING:
@@ -53,7 +53,9 @@ def reuse_freed_memory() -> None:
 class Backbone(nn.Module):
     """A frozen ViT returning the last-block patch-token grid (B, C, H/p, W/p).
 
-    precision: "fp32", "bf16" or "fp16" (autocast). fuse (CPU execution, see `_fused`): "auto"
+    precision: "fp32", "bf16" or "fp16" (autocast), or "auto" (the default, settings.PRECISION):
+    whichever `choose_precision` picks for the device the backbone is on, decided again after each
+    move (`.to(device)`). fuse (CPU execution, see `_fused`): "auto"
     fuses the bfloat16 graph and runs float32 eagerly; True/False force the fused graph on or off.
     weights: the local checkpoint the ViT was loaded from (None: hub or random weights).
     The settings are fixed at construction; `with_settings` gives a backbone with others.
@@ -62,12 +64,12 @@ class Backbone(nn.Module):
     mean: torch.Tensor  # buffers: ImageNet normalisation
     std: torch.Tensor
 
-    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = "fp32",
+    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = settings.PRECISION,
                  fuse: bool | str = "auto", weights: WeightsFile | None = None):
         super().__init__()
-        if precision not in RUN_PRECISIONS:
-            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(RUN_PRECISIONS)} "
-                                "(choose_precision turns the precision setting, --precision, into one of them).")
+        if precision not in RUN_PRECISIONS and precision not in settings.PRECISIONS:
+            choices = dict.fromkeys(settings.PRECISIONS + RUN_PRECISIONS)
+            raise SegUnifyError(f"Unknown precision '{precision}'; use one of {', '.join(choices)} (--precision).")
         if fuse not in FUSE_CHOICES:
             raise ValueError(f"fuse must be one of {FUSE_CHOICES}, not {fuse!r}")
         self.spec = spec
@@ -78,7 +80,7 @@ class Backbone(nn.Module):
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._graphs: dict[tuple, FusedGraph | None] = {}
+        self._graphs: dict[tuple[str, int, int, int], FusedGraph | None] = {}
         self._graph_models: dict[torch.dtype, nn.Module] = {}
         for param in self.model.parameters():
             param.requires_grad_(False)
@@ -86,6 +88,12 @@ class Backbone(nn.Module):
 
     @property
     def precision(self) -> str:
+        """The precision the backbone runs in on its current device (one of RUN_PRECISIONS)."""
+        return choose_precision(self._precision, self.mean.device) if self._precision == "auto" else self._precision
+
+    @property
+    def requested_precision(self) -> str:
+        """The precision asked for: one of RUN_PRECISIONS, or "auto"."""
         return self._precision
 
     @property
@@ -98,10 +106,10 @@ class Backbone(nn.Module):
 
     def with_settings(self, precision: str | None = None, fuse: bool | str | None = None) -> Backbone:
         """A backbone sharing this one's frozen ViT, with another precision and/or fusion."""
-        if (precision or self.precision) == self.precision and (self.fuse if fuse is None else fuse) == self.fuse:
+        requested = precision or self._precision
+        if requested == self._precision and (self.fuse if fuse is None else fuse) == self.fuse:
             return self
-        other = Backbone(self.spec, self.model, precision or self.precision, self.fuse if fuse is None else fuse,
-                         self.weights)
+        other = Backbone(self.spec, self.model, requested, self.fuse if fuse is None else fuse, self.weights)
         return other.to(self.mean.device)
 
     def train(self, mode: bool = True) -> Backbone:
@@ -111,6 +119,17 @@ class Backbone(nn.Module):
     def runs_fused(self) -> bool:
         """Whether some input size has run through a fused graph (else all ran eagerly)."""
         return any(g is not None for g in self._graphs.values())
+
+    @property
+    def fused_graphs(self) -> list[tuple[int, int, int]]:
+        """(height, width, windows) of each fused graph built so far, in the order they were built."""
+        return [(h, w, n) for (_, h, w, n), g in self._graphs.items() if g is not None]
+
+    @property
+    def fused_rows(self) -> int:
+        """Windows (batch rows) fed to this backbone's fused graphs so far: the work they did, as
+        each graph computes exactly the rows it is given (no padding)."""
+        return sum(g.rows for g in self._graphs.values() if g is not None)
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
@@ -131,23 +150,35 @@ class Backbone(nn.Module):
         if h % p or w % p:
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
         x = self.normalize(rgb)
-        graph = self._fused(x)
-        if graph is not None:
-            tokens = graph(x)
-        elif x.device.type == "cpu":
+        if self._fusable(x):
+            tokens = self._run_fused(x)
+        else:
+            tokens = self._run_eager(x)
+        grid = tokens[:, self.num_prefix_tokens:, :].float()
+        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
+
+    def _run_eager(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
             # One window at a time: its activations (about 10 MB for ViT-S/8 at 320 px) stay in the
             # CPU's cache, where a batch of 8 streams from memory (float32, ViT-S/8: 0.80 against
             # 0.72 of the matrix-product rate; bench/run.py).
             with self.autocast(x.device):
-                tokens = torch.cat([self.model.forward_features(x[i:i + 1]) for i in range(b)])
-        else:
-            with self.autocast(x.device):
-                tokens = self.model.forward_features(x)
-        grid = tokens[:, self.num_prefix_tokens:, :].float()
-        return grid.transpose(1, 2).reshape(b, self.feature_dim, h // p, w // p).contiguous()
+                return torch.cat([self.model.forward_features(x[i:i + 1]) for i in range(x.shape[0])])
+        with self.autocast(x.device):
+            return self.model.forward_features(x)
 
-    def _fused(self, x: torch.Tensor) -> FusedGraph | None:
-        """The fused graph for this input size and precision (built on first use), or None.
+    def _run_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Chunks of `FUSED_BATCH` windows, the last one shorter, each through the fused graph of
+        exactly its size (see `FusedGraph`); eager where TorchScript cannot build one."""
+        out = []
+        for start in range(0, x.shape[0], FUSED_BATCH):
+            chunk = x[start:start + FUSED_BATCH]
+            graph = self._fused(chunk)
+            out.append(graph(chunk) if graph is not None else self._run_eager(chunk))
+        return torch.cat(out)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether this input runs through fused graphs.
 
         By default ("auto") only bfloat16 runs fused: there oneDNN's fused attention beats eager
         PyTorch (0.84-0.93 against about 0.47 of the matrix-product rate on AVX-512 BF16). In
@@ -155,20 +186,23 @@ class Backbone(nn.Module):
         0.61 for the fused graph on an AVX2 CPU, ViT-S/8, 320 px).
         """
         if self.fuse is False or x.device.type != "cpu" or self.precision not in ("fp32", "bf16"):
-            return None
-        if self.fuse == "auto" and self.precision != "bf16":
-            return None
-        key = (self.precision, *x.shape[-2:])
+            return False
+        return self.fuse is True or self.precision == "bf16"
+
+    def _fused(self, chunk: torch.Tensor) -> FusedGraph | None:
+        """The fused graph for this chunk's window size and number of windows (built on first
+        use), or None where TorchScript cannot build it."""
+        key = (self.precision, chunk.shape[-2], chunk.shape[-1], chunk.shape[0])
         if key not in self._graphs:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             if dtype not in self._graph_models:  # one converted copy per precision, for all sizes
                 self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model).to(dtype)).eval()
-            self._graphs[key] = FusedGraph.build(self._graph_models[dtype], x[:1], dtype)
+            self._graphs[key] = FusedGraph.build(self._graph_models[dtype], chunk, dtype)
         return self._graphs[key]
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsFile | None = None,
-                    pretrained: bool = True, precision: str = "fp32", fuse: bool | str = "auto") -> Backbone:
+                    pretrained: bool = True, precision: str = settings.PRECISION, fuse: bool | str = "auto") -> Backbone:
     """Build a frozen backbone by short name or timm name.
 
     weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth), or its
@@ -209,8 +243,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
-    """The precision to run (one of RUN_PRECISIONS) for the precision setting. auto: bf16 on CUDA GPUs
-    that support it (fp16 on older ones) and on CPUs with native bfloat16, else fp32."""
+    """The precision to run (one of RUN_PRECISIONS) for the precision setting (or a precision already
+    chosen). auto: bf16 on CUDA GPUs that support it (fp16 on older ones) and on CPUs with native
+    bfloat16, else fp32."""
+    if requested in RUN_PRECISIONS:
+        return requested
     if requested not in settings.PRECISIONS:
         raise SegUnifyError(f"Unknown precision '{requested}'; use one of {', '.join(settings.PRECISIONS)} "
                             "(--precision).")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# How training perturbs the features: "independent" draws three Dropout2d masks per step (the
-# linear branch's input, the nonlinear branch's input, the features the affinities use), as the
-# reference ran; "shared" draws one mask for all three.
-DROPOUT_MASKS = ("independent", "shared")
+from .. import settings
+
+DROPOUT_MASKS = settings.DROPOUT_MASKS_CHOICES  # how training perturbs the features (settings.py)
 
 
 def dropout2d_mask(shape: torch.Size | tuple[int, ...], p: float,
@@ -28,8 +27,9 @@ class Compressor(nn.Module):
     (1x1 conv, BN, SiLU, 1x1 conv, BN), optionally followed by an outer SiLU (the slides' variant).
     """
 
-    def __init__(self, in_dim: int, code_dim: int = 64, dropout: float = 0.2,
-                 nonlinear: bool = True, outer_silu: bool = False):
+    def __init__(self, in_dim: int, code_dim: int = settings.CODE_DIM,
+                 dropout: float = settings.DROPOUT, nonlinear: bool = settings.NONLINEAR,
+                 outer_silu: bool = settings.OUTER_SILU):
         super().__init__()
         self.dropout = nn.Dropout2d(p=dropout)
         self.linear = nn.Sequential(nn.Conv2d(in_dim, code_dim, 1), nn.BatchNorm2d(code_dim), nn.SiLU())
@@ -49,7 +49,7 @@ class Compressor(nn.Module):
         return features * dropout2d_mask(features.shape, self.dropout.p, generator).to(features)
 
     def perturbed_inputs(self, features: torch.Tensor, generator: torch.Generator | None = None,
-                         masks: str = "independent") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         masks: str = settings.DROPOUT_MASKS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(linear branch input, nonlinear branch input, affinity features) for one training step:
         three independent masks, or one shared by all three (`masks`, one of DROPOUT_MASKS)."""
         if masks not in DROPOUT_MASKS:

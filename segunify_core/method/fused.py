@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segunify")
 
-FUSED_BATCH = 8  # windows per fused-graph call (flip averaging of the default batch of 4)
+FUSED_BATCH = 8  # most windows per fused-graph call (flip averaging of the default batch of 4)
 FUSED_WARMUP_RUNS = 3  # TorchScript profiles the first runs before it runs the fused graph
 
 
@@ -35,25 +35,33 @@ def onednn_fusion() -> Iterator[None]:
 
 
 class FusedGraph:
-    """The ViT traced to TorchScript and frozen, so that oneDNN fuses it (attention with its
-    softmax, linear layers with their bias and GELU) into graph partitions of its own kernels.
+    """The ViT traced to TorchScript for one input shape and frozen, so that oneDNN fuses it
+    (attention with its softmax, linear layers with their bias and GELU) into graph partitions of
+    its own kernels.
 
     Eager PyTorch reaches about half the matrix-product rate on CPU: its attention writes the
     (tokens x tokens) score matrix to fresh memory and runs a separate softmax. The fused graph
     reaches 0.84-0.93 of that rate (ViT-S/8, ViT-B/8; bench/run.py). In bfloat16 the weights are
     cast once (no autocast at run time).
-    oneDNN compiles its partitions per input shape, so windows always run in chunks of
-    `FUSED_BATCH` (the last one padded): one shape per window size, and no result depends on
-    which batches ran before (padding to the largest batch seen so far made a window's features
-    depend on the process's history, and so a part's labels on the order parts ran in). The
-    graph is warmed up at build time: TorchScript's first runs profile the unfused graph.
+
+    oneDNN compiles its partitions per input shape, and TorchScript re-profiles (running the
+    unfused graph, with other rounding) whenever a graph meets a new shape. So each graph is
+    traced for one shape, (windows, 3, height, width), warmed up at build time (TorchScript's
+    first runs profile the unfused graph) and only ever run on that shape: the backbone keeps
+    one graph per window size and number of windows in a chunk (1 to `FUSED_BATCH`), built on
+    first use. A call's features therefore depend only on its input, never on which calls or
+    graphs came before (padding to the largest batch seen so far made them depend on the
+    process's history, and so a part's labels on the order parts ran in), and no padding is
+    computed. `rows` counts the windows fed to the graph.
     """
 
     def __init__(self, graph: torch.jit.ScriptModule, dtype: torch.dtype):
         self.graph, self.dtype = graph, dtype
+        self.rows = 0
 
     @staticmethod
     def build(graph_model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> FusedGraph | None:
+        """Trace, freeze and warm up a graph for inputs of `example`'s shape."""
         try:
             for module in graph_model.modules():
                 if hasattr(module, "fused_attn"):
@@ -62,7 +70,7 @@ class FusedGraph:
                     module.fused_attn = False  # type: ignore[assignment]
             with onednn_fusion(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
-                example = example[:1].to(dtype).expand(FUSED_BATCH, *example.shape[1:]).contiguous()
+                example = example[:1].to(dtype).expand(*example.shape).contiguous()
                 traced = torch.jit.trace(graph_model, example, check_trace=False)
                 fused = FusedGraph(torch.jit.freeze(traced), dtype)
             with onednn_fusion(), torch.inference_mode():
@@ -74,16 +82,11 @@ class FusedGraph:
             return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = []
         with onednn_fusion(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for start in range(0, x.shape[0], FUSED_BATCH):
-                chunk = x[start:start + FUSED_BATCH].to(self.dtype)
-                n = chunk.shape[0]
-                if n < FUSED_BATCH:
-                    chunk = torch.cat([chunk, chunk.new_zeros((FUSED_BATCH - n, *chunk.shape[1:]))])
-                out.append(self.graph(chunk)[:n])
-        return torch.cat(out)
+            x = x.to(self.dtype)
+            self.rows += x.shape[0]
+            return self.graph(x)
 
 
 class FeatureGraph(nn.Module):

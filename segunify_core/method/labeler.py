@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import settings
+
 
 def cosine_logits(code: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every code vector (B, D, h, w) with every prototype (K, D): (B, K, h, w)."""
@@ -22,7 +24,7 @@ class Labeler(nn.Module):
     global_prototypes: torch.Tensor  # a buffer (EMA, not trained)
     extra_local_prototypes: nn.Parameter | None
 
-    def __init__(self, code_dim: int, n_clusters: int, local_sets: int = 1):
+    def __init__(self, code_dim: int, n_clusters: int, local_sets: int = settings.LOCAL_SETS):
         super().__init__()
         if local_sets < 1:
             raise ValueError("local_sets must be at least 1")

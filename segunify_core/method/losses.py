@@ -7,8 +7,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from .. import settings
 
-def feature_affinity(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = True) -> torch.Tensor:
+
+def feature_affinity(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """F_ij = cosine(f1_i, f2_j) for every patch pair, (B, N1, N2), with pointwise centring:
     subtract each row's mean over j, then add back the global mean."""
     with torch.no_grad():
@@ -28,13 +30,13 @@ def assignment_disagreement(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 
 
 def smoothness_dense(f1: torch.Tensor, f2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
-                     shift: float, pointwise: bool = True) -> torch.Tensor:
+                     shift: float, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """Mean over all patch pairs of (F_ij - shift) * A_ij, with the N x N matrices formed."""
     return ((feature_affinity(f1, f2, pointwise) - shift) * assignment_disagreement(p1, p2)).mean()
 
 
 def smoothness(f1: torch.Tensor, f2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
-               shift: float, pointwise: bool = True) -> torch.Tensor:
+               shift: float, pointwise: bool = settings.POINTWISE) -> torch.Tensor:
     """The same value as `smoothness_dense`, without forming N x N matrices.
 
     With A, B the normalised features (N, C) and P, Q the normalised assignments (N, K), every
@@ -95,7 +97,7 @@ def reference_pairing(n: int, generator: torch.Generator | None = None) -> torch
     return move_fixed_points(torch.randperm(n, generator=generator))
 
 
-# How each image of a batch gets its partner for the cross-image term.
+# How each image of a batch gets its partner for the cross-image term (names: settings.PAIRINGS).
 PAIRINGS = {"reference": reference_pairing, "derangement": derangement}
 
 
@@ -120,15 +122,15 @@ class EnergyTerms:
 
 
 def energy(features: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-           temperature: float = 0.1, shift_intra: float = 0.1, shift_inter: float = 0.5,
-           pointwise: bool = True, generator: torch.Generator | None = None,
-           pairing: str = "derangement") -> EnergyTerms:
+           temperature: float = settings.TEMPERATURE, shift_intra: float = settings.SHIFT_INTRA,
+           shift_inter: float = settings.SHIFT_INTER, pointwise: bool = settings.POINTWISE,
+           generator: torch.Generator | None = None, pairing: str = settings.PAIRING) -> EnergyTerms:
     """features: the dropout-perturbed backbone features (B, C, h, w); logits (B, K, h, w);
     pairing: how cross-image partners are drawn (one of PAIRINGS)."""
     p = torch.softmax(teacher_logits / temperature, dim=1)
     close = smoothness(features, features, p, p, shift_intra, pointwise)
     if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {tuple(PAIRINGS)}, not {pairing!r}")
+        raise ValueError(f"pairing must be one of {settings.PAIRINGS}, not {pairing!r}")
     perm = PAIRINGS[pairing](features.shape[0], generator).to(features.device)
     cross = smoothness(features, features[perm], p, p[perm], shift_inter, pointwise)
     data = data_term(student_logits, teacher_logits)

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from .. import settings
 from ..errors import SegUnifyError
 from ..files.raster_io import IMAGE_SUFFIXES, RasterReader, list_images
 
-POTSDAM_SPLITS = {
+POTSDAM_SPLITS = {  # settings.POTSDAM_SPLITS -> the list files each reads
     "test": ("labelled_test.txt",),
     "train": ("labelled_train.txt",),
     "unlabelled_train": ("unlabelled_train.txt",),
@@ -25,14 +26,12 @@ POTSDAM_SPLITS = {
     "all": ("all.txt",),
     "val": ("labelled_train.txt",),  # every POTSDAM_VAL_STRIDE-th id of labelled_train.txt
 }
-POTSDAM_TRAIN_SPLITS = ("train", "unlabelled_train", "all_train")  # what training may read
+POTSDAM_TRAIN_SPLITS = settings.POTSDAM_TRAIN_SPLITS  # what training may read
 # The Potsdam validation subset: ids 0, 20, 40, ... of labelled_train.txt in file order (228 of
 # the 4545 images). Training on a Potsdam folder that is also the --val data leaves them out.
 POTSDAM_VAL_STRIDE = 20
-# How training windows are resampled to the window size: "nearest" is the reference's Potsdam
-# preprocessing (PIL nearest, pixel centres), "bilinear" is antialiased bilinear.
-RESIZE_MODES = ("bilinear", "nearest")  # the first is the default
-CROP_RATIO = 0.5  # five-crop regions: this share of the shorter side
+RESIZE_MODES = settings.RESIZE_MODES  # how training windows are resampled to the window size
+CROP_RATIO = settings.CROP_RATIO  # five-crop regions: this share of the shorter side
 # ISPRS six classes -> three: roads+cars, buildings+clutter, low vegetation+trees; 255 ignored.
 POTSDAM_FINE_TO_COARSE = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
 POTSDAM_CLASS_NAMES = ("roads and cars", "buildings and clutter", "vegetation and trees")
@@ -68,7 +67,7 @@ class ArrayImage:
         pass
 
 
-def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str = settings.RESIZE) -> np.ndarray:
     """Resize (C, H, W) to `size`: antialiased bilinear, or nearest at pixel centres (PIL's rule)."""
     t = torch.from_numpy(np.ascontiguousarray(rgb))[None]
     if mode == "nearest":
@@ -167,7 +166,7 @@ def image_key(path: Path, potsdam_id: str | None = None) -> str:
     return f"potsdam:{potsdam_id}" if potsdam_id is not None else f"file:{Path(path).resolve()}"
 
 
-def training_images(data: Sequence[str | Path], potsdam_split: str = "all_train",
+def training_images(data: Sequence[str | Path], potsdam_split: str = settings.POTSDAM_TRAIN_SPLIT,
                     exclude: Collection[str] = ()) -> list[TrainingImage]:
     """Folders and files of GeoTIFF/PNG/JPEG images, or a Potsdam root (its training splits),
     without the images whose `key` is in `exclude` (the validation images)."""
@@ -199,7 +198,7 @@ class TrainWindow:
 
 
 def plan_windows(sizes: Sequence[tuple[int, int]], scales: Sequence[float], window: int,
-                 max_windows: int, seed: int, five_crop: bool = False,
+                 max_windows: int, seed: int, five_crop: bool = settings.FIVE_CROP,
                  crop_ratio: float = CROP_RATIO) -> list[TrainWindow]:
     """Square regions of the images, resampled to `window` px at training time.
 
@@ -241,7 +240,7 @@ class TrainWindowReader:
     """Reads training windows in order, keeping one image open at a time."""
 
     def __init__(self, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                 bands: Sequence[int] | None, resize: str = RESIZE_MODES[0]):
+                 bands: Sequence[int] | None, resize: str = settings.RESIZE):
         self.images, self.windows, self.window, self.bands = images, windows, window, bands
         self.resampling = Resampling.nearest if resize == "nearest" else Resampling.bilinear
         self.current = -1

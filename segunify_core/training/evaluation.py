@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import settings
+from ..device import api_device
 from ..errors import SegUnifyError
 from ..method.inference import codes_from_features, pad_to_patch, predict_labels
 from ..method.model import SegUnifyModel
@@ -89,7 +90,7 @@ def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
 
 def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_SPLIT,
              resolution: int = DEFAULT_RESOLUTION, crf: CRF | None = None, flip: bool = settings.FLIP,
-             batch_size: int = settings.EVAL_BATCH_SIZE, device: str = "cpu",
+             batch_size: int = settings.EVAL_BATCH_SIZE, device: str = settings.DEVICE,
              progress: Progress | None = None) -> tuple[Scores, dict]:
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
@@ -109,12 +110,13 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_
                             "folder with images/ and labels/; point evaluate at one of those.")
     n_clusters = model.n_classes  # the legend's classes: merged clusters are scored as one
     confusion = np.zeros((n_clusters, n_classes), np.int64)
-    model = model.to(device).eval()
+    where = api_device(device)
+    model = model.to(where).eval()
     count = 0
 
     def flush(batch: list[EvalSample]) -> None:
         nonlocal confusion, count
-        rgb = torch.from_numpy(np.stack([s.rgb for s in batch])).to(device)
+        rgb = torch.from_numpy(np.stack([s.rgb for s in batch])).to(where)
         pred = predict_labels(model, rgb, flip, crf).cpu().numpy()
         for s, p in zip(batch, pred, strict=True):
             confusion += confusion_matrix(p, s.labels, n_clusters, n_classes)

@@ -35,7 +35,8 @@ class Preset:
 
 SEGUNIFY_POTSDAM = Preset(
     "segunify-potsdam",
-    "SegUnify on Potsdam-3 as the reference run trained it (METHOD.md, 'What the reference run actually did').",
+    "SegUnify on Potsdam-3 as the reference run trained it (METHOD.md, 'What the reference run actually did'): "
+    "DINO ViT-B/8 on labelled_train, every image once per epoch in a new order each epoch.",
     {
         BACKBONE: Setting("dino_vitb8", "DINO ViT-B/8"),
         "potsdam_split": Setting("train", "labelled_train.txt only (4545 images, labels unused)"),
@@ -53,6 +54,8 @@ SEGUNIFY_POTSDAM = Preset(
         "outer_silu": Setting(False, "no outer SiLU"),
         "steps": Setting(3000, "optimiser steps"),
         "batch_size": Setting(32, "images per step"),
+        "sampling": Setting("epoch", "DataLoader(shuffle=True, drop_last=True): each window once per epoch, "
+                                     "a new order each epoch, the last incomplete batch dropped"),
         "lr_compressor": Setting(1e-4, "Adam, Compressor"),
         "lr_labeler": Setting(5e-4, "Adam, prototypes"),
         "weight_decay": Setting(1e-5, "Adam weight decay"),

@@ -1,8 +1,9 @@
 """Training: sample windows, cache their features once, minimise the energy with Adam.
 
-Every random choice of step s (batch, flip view, cross-image pairing, dropout masks) is drawn
-from generators seeded by (seed, s), so a run resumed from a checkpoint continues exactly as an
-uninterrupted one. The procedures the reference ran differently from the method's text (METHOD.md,
+Every random choice of step s (flip view, crop, cross-image pairing, dropout masks, and with step
+sampling the batch) is drawn from generators seeded by (seed, s); with epoch sampling the batch is
+a slice of epoch e's permutation, drawn from a generator seeded by (seed, e). So a run resumed from
+a checkpoint continues exactly as an uninterrupted one. The procedures the reference ran differently from the method's text (METHOD.md,
 "What the reference run actually did") are options: the learning-rate schedule, the dropout masks,
 the EMA order, the cross-image pairing, the resize of training windows, the Potsdam split and
 mixed precision; `presets.py` names the combination the reference ran.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import statistics
 from collections.abc import Sequence
@@ -21,22 +23,24 @@ from typing import Any
 import torch
 
 from .. import settings
+from ..device import api_device
 from ..errors import SegUnifyError
 from ..files.model_file import read_json_metadata, save_model, write_safetensors
 from ..method.backbone import Backbone, create_backbone
-from ..method.compressor import DROPOUT_MASKS
-from ..method.losses import PAIRINGS, energy
+from ..method.losses import energy
 from ..method.model import HeadConfig, ModelConfig, SegUnifyModel
 from ..progress import Progress
-from .datasets import CROP_RATIO, POTSDAM_TRAIN_SPLITS, RESIZE_MODES, TrainingImage, TrainWindowReader, plan_windows, training_images
+from .datasets import TrainingImage, TrainWindowReader, plan_windows, training_images
 from .feature_cache import FeatureCache, build_cache, build_cache_on_cluster, cache_key, default_cache_dir
 
 log = logging.getLogger("segunify")
 STATE_FORMAT = "segunify-train-state"
-# poly-step: lr * (1 - step/steps)^power at every step (the method's text); poly-epoch: the same
-# factor advanced once per epoch, as the reference's framework stepped it; constant: no decay.
-LR_SCHEDULES = ("poly-step", "poly-epoch", "constant")
-EMA_ORDERS = ("after", "before")  # global-prototype EMA after the optimiser step, or before backward
+LR_SCHEDULES = settings.LR_SCHEDULES
+EMA_ORDERS = settings.EMA_ORDERS
+# TrainConfig fields that take one of a list of values -> that list (settings.py)
+CHOICES = {"lr_schedule": settings.LR_SCHEDULES, "dropout_masks": settings.DROPOUT_MASKS_CHOICES,
+           "ema_order": settings.EMA_ORDERS, "pairing": settings.PAIRINGS, "sampling": settings.SAMPLINGS,
+           "resize": settings.RESIZE_MODES, "potsdam_split": settings.POTSDAM_TRAIN_SPLITS}
 
 
 @dataclasses.dataclass
@@ -48,37 +52,36 @@ class TrainConfig(HeadConfig):
     batch_size: int = settings.BATCH_SIZE
     lr_compressor: float = settings.LR_COMPRESSOR
     lr_labeler: float = settings.LR_LABELER
-    weight_decay: float = 1e-5
-    poly_power: float = 2.0
+    weight_decay: float = settings.WEIGHT_DECAY
+    poly_power: float = settings.POLY_POWER
     alpha: float = settings.ALPHA
     temperature: float = settings.TEMPERATURE
     shift_intra: float = settings.SHIFT_INTRA
     shift_inter: float = settings.SHIFT_INTER
-    pointwise: bool = True
+    pointwise: bool = settings.POINTWISE
     seed: int = settings.SEED
     max_windows: int = settings.MAX_WINDOWS
-    five_crop: bool = False
-    crop_ratio: float = CROP_RATIO
+    five_crop: bool = settings.FIVE_CROP
+    crop_ratio: float = settings.CROP_RATIO
     flip: bool = settings.FLIP
-    checkpoint_every: int = 400
+    checkpoint_every: int = settings.CHECKPOINT_EVERY
     feature_crop: int | None = None  # train on random crops of this many patches of the cached grids
     gsd: float | None = None  # target GSD in metres; default: the median GSD of the data
-    lr_schedule: str = LR_SCHEDULES[0]
-    dropout_masks: str = DROPOUT_MASKS[0]
-    ema_order: str = EMA_ORDERS[0]
-    pairing: str = "derangement"  # one of losses.PAIRINGS
-    resize: str = RESIZE_MODES[0]  # how training windows are resampled
-    potsdam_split: str = "all_train"  # the training split when DATA is a Potsdam folder
-    amp: bool = False  # float16 autocast + gradient scaling on CUDA (float32 elsewhere)
-    val_every: int = 400  # steps between validation scores (with validation data)
+    lr_schedule: str = settings.LR_SCHEDULE
+    dropout_masks: str = settings.DROPOUT_MASKS
+    ema_order: str = settings.EMA_ORDER
+    pairing: str = settings.PAIRING
+    sampling: str = settings.SAMPLING  # epoch: each window once per epoch; step: independent batches
+    resize: str = settings.RESIZE  # how training windows are resampled
+    potsdam_split: str = settings.POTSDAM_TRAIN_SPLIT  # the training split when DATA is a Potsdam folder
+    amp: bool = settings.AMP  # float16 autocast + gradient scaling on CUDA (float32 elsewhere)
+    val_every: int = settings.VAL_EVERY  # steps between validation scores (with validation data)
     preset: str | None = None  # the preset these values started from (presets.py)
     preset_overrides: list[str] = dataclasses.field(default_factory=list)  # fields set over the preset
 
     def check(self) -> None:
         """Raise SegUnifyError for a value training cannot use."""
-        choices = {"lr_schedule": LR_SCHEDULES, "dropout_masks": DROPOUT_MASKS, "ema_order": EMA_ORDERS,
-                   "pairing": tuple(PAIRINGS), "resize": RESIZE_MODES, "potsdam_split": POTSDAM_TRAIN_SPLITS}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SegUnifyError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; use one of "
                                     f"{', '.join(allowed)} ({flag(name)}).")
@@ -88,7 +91,7 @@ class TrainConfig(HeadConfig):
         if self.local_sets < 1:
             raise SegUnifyError("The number of local prototype sets (--local-sets) must be at least 1 (1 is the "
                                 "published single set).")
-        if self.val_every < 1 or self.checkpoint_every < 1:
+        if min(self.val_every, self.checkpoint_every) < settings.MIN_INTERVAL:
             raise SegUnifyError("The validation interval (--val-every) and checkpoint interval (--checkpoint-every) "
                                 "must be at least 1 step.")
 
@@ -100,6 +103,29 @@ def flag(field: str) -> str:
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def epoch_order(seed: int, epoch: int, n_windows: int) -> torch.Tensor:
+    """Epoch `epoch`'s permutation of the training windows (epoch sampling), from a generator seeded
+    by (seed, epoch) alone, so a resumed run draws the same order (and none shares a step's seed)."""
+    digest = hashlib.sha256(f"segunify-epoch:{seed}:{epoch}".encode()).digest()
+    return torch.randperm(n_windows, generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
+
+
+def batch_windows(sampling: str, seed: int, step: int, n_windows: int, batch_size: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The cache indices step `step` trains on: `min(batch_size, n_windows)` distinct windows.
+
+    epoch: consecutive slices of each epoch's permutation, the last incomplete batch dropped (as
+    DataLoader(shuffle=True, drop_last=True)); step: drawn afresh from the step's `generator`."""
+    batch = min(batch_size, n_windows)
+    if sampling == "step":
+        return torch.randperm(n_windows, generator=generator)[:batch]
+    if sampling != "epoch":
+        raise ValueError(f"sampling must be one of {settings.SAMPLINGS}, not {sampling!r}")
+    per_epoch = steps_per_epoch(n_windows, batch)
+    epoch, position = divmod(step, per_epoch)
+    return epoch_order(seed, epoch, n_windows)[position * batch:(position + 1) * batch]
 
 
 def learning_rate(base: float, step: int, steps: int, power: float) -> float:
@@ -182,10 +208,9 @@ class Trainer:
 
     def _batch(self, gen: torch.Generator) -> torch.Tensor:
         """Distinct windows (a random view of each), all cropped at one random place of the grid."""
-        c, n = self.config, len(self.cache)
-        batch = min(c.batch_size, n)
-        indices = torch.randperm(n, generator=gen)[:batch]
-        views = torch.randint(0, self.cache.views, (batch,), generator=gen)
+        c = self.config
+        indices = batch_windows(c.sampling, c.seed, self.step, len(self.cache), c.batch_size, gen)
+        views = torch.randint(0, self.cache.views, (len(indices),), generator=gen)
         feats = self.cache.batch(indices, views)
         crop = c.feature_crop
         if crop and crop < min(feats.shape[-2:]):
@@ -287,9 +312,9 @@ def state_path(model_path: Path) -> Path:
 
 
 def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
-          backbone_name: str = "dino_vits8", backbone_weights: str | None = None,
+          backbone_name: str = settings.BACKBONE, backbone_weights: str | None = None,
           backbone: Backbone | None = None, cache_dir: str | Path | None = None,
-          resume: bool = False, device: str = "cpu", potsdam_split: str | None = None,
+          resume: bool = False, device: str = settings.DEVICE, potsdam_split: str | None = None,
           on_progress: Progress | None = None,
           client: Any = None, val: str | Path | None = None) -> SegUnifyModel:
     """Train a model on orthophotos and write it to `output` (safetensors + JSON metadata).
@@ -305,7 +330,7 @@ def train(data: Sequence[str | Path], output: str | Path, config: TrainConfig,
     from .evaluation import ValidationData, Validator
 
     output = Path(output)
-    torch_device = torch.device(device)
+    torch_device = api_device(device)
     if potsdam_split is not None:
         config = dataclasses.replace(config, potsdam_split=potsdam_split)
     config.check()
