@@ -69,7 +69,7 @@ class RunFacts:
     """What the driver resolved for this run; workers receive it beside the spec."""
 
     parts_dir: str
-    device: str = "cpu"  # settings.DEVICES' auto resolved to cpu or cuda
+    device: str = settings.DEVICES[1]  # cpu; the driver resolves settings.DEVICE (auto) to cpu or cuda
     precision: str = settings.PRECISION  # the backbone's precision as chosen for the device
     fuse: bool | str = "auto"  # the backbone's CPU graph fusion (Backbone.fuse)
     model_file: str | None = None  # for workers: the model they load (once per process)
