@@ -125,20 +125,22 @@ def _same_labels(a: Path, b: Path) -> bool:
 
 def cold_start(tmp: Path) -> None:
     """First part on a fresh worker against a later part of the same size."""
-    from segunify_core.job.parts import RunSpec
     from segunify_core.job.planning import Geometry, plan
+    from segunify_core.job.spec import JobSpec, RunFacts
     from segunify_core.job.worker import run_part_task
+    from segunify_core.settings import SegmentOptions
 
     model, path, weights = _model(tmp)
     src = generated_raster(tmp / "cold.tif", 1024)
     parts = plan([src], [tmp / "o.tif"], Geometry(settings.WINDOW, settings.STRIDE, 16, 0.5), block=512)
-    spec = RunSpec(str(tmp), flip=False, model_file=str(path), model_sha256="bench", backbone_weights=str(weights))
+    job = JobSpec.build([src], [tmp / "o.tif"], SegmentOptions(flip=False), model_file=path).to_json()
+    facts = RunFacts(str(tmp), model_file=str(path), model_sha256="bench", backbone_weights=str(weights)).to_dict()
     cluster, client, _ = _cluster(1)
     try:
         times = []
         for part in (parts[0], parts[0]):
             start = time.perf_counter()
-            client.submit(run_part_task, part.to_dict(), spec.to_dict(), pure=False).result()
+            client.submit(run_part_task, part.to_dict(), job, facts, pure=False).result()
             times.append(time.perf_counter() - start)
     finally:
         client.close()

@@ -9,22 +9,21 @@ import click
 
 from segunify_core import settings
 from segunify_core.errors import SegUnifyError
-from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster, parse_bands
-from segunify_core.job.segment import SegmentOptions, segment
+from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster
+from segunify_core.job.segment import SegmentOptions, run_job
+from segunify_core.job.spec import JobSpec
 from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
-    bands_option,
+    crf_option,
     dask_client,
+    device_options,
     engine_options,
     guarded,
     progress_for,
-    run_options,
-    segment_batch_option,
+    segment_options,
     setup_logging,
-    stride_option,
-    window_option,
 )
 
 
@@ -32,23 +31,16 @@ from .options import (
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Model file from `segunify train`.")
-@window_option
-@stride_option
-@segment_batch_option
-@click.option("--native-resolution", is_flag=True)
-@click.option("--cog", is_flag=True)
-@click.option("--overwrite", is_flag=True, help="Redo files whose output exists (default: skip them).")
+@segment_options(settings.BATCH)
 @click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
               help="Keep the finished parts of an interrupted run and compute only the missing ones.")
-@click.option("--block", default=settings.BLOCK, show_default=True, help="Side of one part in source pixels.")
 @engine_options
-@bands_option
-@run_options
+@crf_option
+@device_options
 @click.pass_context
 @guarded
-def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, native_resolution, cog, overwrite,
-            resume, block, cluster, scheduler, scheduler_file, bands, crf, flip, backbone_weights, device, precision,
-            quiet):
+def command(ctx, input_dir, output_dir, model_path, resume, cluster, scheduler, scheduler_file, crf, backbone_weights,
+            device, precision, quiet, segment):
     """Segment every raster of a folder as one job; finished outputs are skipped, failures reported at the end."""
     setup_logging(quiet)
     inputs = sorted(p for p in Path(input_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
@@ -59,11 +51,12 @@ def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, 
         raise SegUnifyError(f"No rasters in '{input_dir}'; it must hold GeoTIFF/PNG/JPEG files.")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet)
+    options = SegmentOptions(**segment, device=dev.type, resume=resume)
     rows: list[tuple[str, str, str, float]] = []
     todo: list[tuple[Path, Path]] = []
     for path in inputs:
         out = Path(output_dir) / (path.stem + "_classes.tif")
-        if out.exists() and not overwrite:
+        if out.exists() and not options.overwrite:
             rows.append((path.name, "skipped", "output exists", 0.0))
             click.echo(f"{path.name}: skipped (output exists)", err=True)
             continue
@@ -75,15 +68,15 @@ def command(ctx, input_dir, output_dir, model_path, window, stride, batch_size, 
         todo.append((path, out))
     if todo:
         start = time.perf_counter()
-        options = SegmentOptions(window=window, stride=stride, batch_size=batch_size, flip=flip,
-                                 native_resolution=native_resolution, bands=parse_bands(bands), cog=cog,
-                                 overwrite=overwrite, device=dev.type, block=block, resume=resume)
         progress = progress_for(ctx, quiet)
         try:
             with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
-                report = segment([p for p, _ in todo], [o for _, o in todo], model, options, crf=refiner,
-                                 backbone_weights=backbone_weights, client=client, model_file=model_path,
-                                 job_folder=Path(output_dir) / ".segunify-parts", keep_going=True, progress=progress)
+                job = JobSpec.build([p for p, _ in todo], [o for _, o in todo], options, model_file=model_path,
+                                    backbone_weights=backbone_weights,
+                                    crf=refiner.name if refiner is not None else "none", cluster=cluster,
+                                    scheduler=scheduler, scheduler_file=scheduler_file,
+                                    job_folder=Path(output_dir) / ".segunify-parts", keep_going=True)
+                report = run_job(job, model, crf=refiner, client=client, progress=progress)
         finally:
             progress.close()
         seconds = time.perf_counter() - start

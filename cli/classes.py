@@ -6,10 +6,24 @@ import json
 
 import click
 
+from segunify_core.errors import SegUnifyError
 from segunify_core.files.model_file import read_model_file, rewrite_model_legend
 from segunify_core.method.legend import Legend, hex_colour, parse_edits
 
 from .options import guarded
+
+
+def _edits(kind: str):
+    """A click callback: --name/--merge/--colour texts parsed into `Legend.edit` arguments."""
+
+    def parse(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
+        try:
+            named, merged, coloured = parse_edits(**{kind: values})
+        except SegUnifyError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return {"names": named, "merges": merged, "colours": coloured}[kind]
+
+    return parse
 
 
 def _table(legend: Legend, shares: list[float | None]) -> list[dict]:
@@ -22,11 +36,11 @@ def _table(legend: Legend, shares: list[float | None]) -> list[dict]:
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write a new model file with the edited legend (MODEL is never modified).")
-@click.option("--name", "names", multiple=True, metavar="ID=NAME", help="Name a class, e.g. --name 3=roof.")
-@click.option("--merge", "merges", multiple=True, metavar="IDS=NAME",
+@click.option("--name", "names", multiple=True, metavar="ID=NAME", callback=_edits("names"), help="Name a class, e.g. --name 3=roof.")
+@click.option("--merge", "merges", multiple=True, metavar="IDS=NAME", callback=_edits("merges"),
               help="Merge classes into one, e.g. --merge 4,5=vegetation (their probabilities add up); without "
                    "=NAME the first listed class's name is kept.")
-@click.option("--colour", "--color", "colours", multiple=True, metavar="ID=#RRGGBB",
+@click.option("--colour", "--color", "colours", multiple=True, metavar="ID=#RRGGBB", callback=_edits("colours"),
               help="Colour a class, e.g. --colour 3=#c0392b.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help='Print the classes as one JSON object {"classes": [...]}.')
@@ -47,8 +61,7 @@ def command(model_path, output, names, merges, colours, overwrite, as_json):
                                    "(-o NEW); the original model is kept.")
         legend = Legend.of_model_file(meta)
     else:
-        named, merged, coloured = parse_edits(names, merges, colours)
-        legend = rewrite_model_legend(model_path, output, {"names": named, "merges": merged, "colours": coloured},
+        legend = rewrite_model_legend(model_path, output, {"names": names, "merges": merges, "colours": colours},
                                       overwrite)
     shares = legend.shares((meta.get("training") or {}).get("cluster_shares"))
     rows = _table(legend, shares)

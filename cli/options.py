@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -16,6 +17,7 @@ import click
 
 from segunify_core import settings
 from segunify_core.errors import SegUnifyError
+from segunify_core.files.raster_io import parse_bands
 
 backbone_option = click.option(
     "--backbone", default=settings.BACKBONE, show_default=True,
@@ -33,21 +35,91 @@ device_option = click.option("--device", type=click.Choice(settings.DEVICES), de
 precision_option = click.option("--precision", type=click.Choice(settings.PRECISIONS), default=settings.PRECISION,
                                 show_default=True,
                                 help="Backbone precision; auto uses bfloat16 where the hardware runs it natively.")
-bands_option = click.option("--bands", default=None,
-                            help="Bands to use, e.g. 1,2,3 or 1 (repeated as grey). Default: the first "
-                                 "three, or the single band.")
+
+
+def bands_value(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """--bands text -> band numbers (None: the raster's default choice)."""
+    try:
+        return parse_bands(value)
+    except SegUnifyError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+bands_option = click.option("--bands", default=None, callback=bands_value,
+                            help=settings.help_for(settings.SegmentOptions.__dataclass_fields__["bands"], "train"))
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
-# Segmenting: tile-segment and batch.
-window_option = click.option("--window", default=settings.WINDOW, show_default=True,
-                             type=click.IntRange(settings.MIN_WINDOW, settings.MAX_WINDOW),
-                             help="Window size in model pixels.")
-stride_option = click.option("--stride", default=settings.STRIDE, show_default=True,
-                             type=click.IntRange(settings.MIN_STRIDE, settings.MAX_STRIDE),
-                             help="Window stride in model pixels.")
-segment_batch_option = click.option("--batch-size", default=settings.SEGMENT_BATCH_SIZE, show_default=True,
-                                    type=click.IntRange(min=settings.MIN_SEGMENT_BATCH_SIZE),
-                                    help="Windows per backbone call.")
 classes_range = click.IntRange(settings.MIN_CLASSES, settings.MAX_CLASSES)
+
+
+# Segmenting: tile-segment and batch offer the settings declared in settings.SegmentOptions (and
+# tile-segment those of settings.SelfFitOptions), built here from the declarations.
+def _click_type(field: dataclasses.Field, meta: dict[str, Any]) -> Any:
+    if meta["choices"]:
+        return click.Choice(meta["choices"])
+    if meta["kind"] == "path":
+        return click.Path(dir_okay=False)
+    low, high = meta["minimum"], meta["maximum"]
+    if field.type is int or field.type == "int":
+        return click.IntRange(low, high) if low is not None or high is not None else int
+    if field.type is float or field.type == "float":
+        return click.FloatRange(low, high) if low is not None or high is not None else float
+    return None
+
+
+def declared_option(field: dataclasses.Field, command: str, store: Callable[[str, Any], None]) -> Callable:
+    """The click option of one declared setting; its parsed value goes to `store(name, value)`."""
+    meta = field.metadata["segunify"]
+    flag = settings.flag_name(field)
+    parse = bands_value if meta["kind"] == "bands" else None
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        store(field.name, parse(ctx, param, value) if parse else value)
+
+    kwargs: dict[str, Any] = {"help": settings.help_for(field, command), "callback": callback, "expose_value": False,
+                              "default": None if meta["unset_on_cli"] else field.default}
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    if field.type is bool or field.type == "bool":
+        if meta["negatable"]:
+            flag = f"{flag}/--no-{flag[2:]}"
+            kwargs["show_default"] = True
+        else:
+            kwargs["is_flag"] = True
+    else:
+        kwargs["type"] = _click_type(field, meta)
+        kwargs["show_default"] = not meta["unset_on_cli"]
+    return click.option(flag, **kwargs)
+
+
+def declared_options(cls: type, command: str, key: str) -> Callable[[Callable], Callable]:
+    """One click option per setting of `cls` that `command` offers; the command function receives
+    their parsed values as one dict, keyword `key` (settings left to their defaults included)."""
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            values = click.get_current_context().meta.pop(f"segunify.{key}", {})
+            return func(*args, **kwargs, **{key: values})
+
+        def store(name: str, value: Any) -> None:
+            click.get_current_context().meta.setdefault(f"segunify.{key}", {})[name] = value
+
+        for field, meta in reversed(settings.declared(cls)):
+            if command in meta["commands"]:
+                wrapper = declared_option(field, command, store)(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def segment_options(command: str) -> Callable[[Callable], Callable]:
+    """tile-segment's and batch's segmentation settings (settings.SegmentOptions) as `segment=`."""
+    return declared_options(settings.SegmentOptions, command, "segment")
+
+
+def self_fit_options(command: str) -> Callable[[Callable], Callable]:
+    """tile-segment's self-fit settings (settings.SelfFitOptions) as `fit=`."""
+    return declared_options(settings.SelfFitOptions, command, "fit")
 
 
 def engine_options(func: Callable) -> Callable:

@@ -101,6 +101,61 @@ def _advanced(param):
     return param
 
 
+# Segment raster's settings come from their declarations in settings.py (SelfFitOptions,
+# SegmentOptions): every tile-segment setting with a dialog label is a parameter, named after its
+# CLI flag, with the declared label, default, range or choices, and becomes that flag again.
+def _offered(cls):
+    return [(field, meta) for field, meta in settings.declared(cls)
+            if meta["label"] is not None and settings.TILE_SEGMENT in meta["commands"]]
+
+
+def _parameter_name(field) -> str:
+    return settings.flag_name(field)[2:].replace("-", "_").upper()
+
+
+def declared_parameters(cls) -> list:
+    """The dialog parameters of the declared settings of `cls` (after INPUT, the bands' layer)."""
+    params = []
+    for field, meta in _offered(cls):
+        name, label = _parameter_name(field), meta["label"]
+        default = meta["plugin_default"] if meta["plugin_default"] is not None else field.default
+        if meta["kind"] == "bands":
+            param = QgsProcessingParameterBand(name, label, parentLayerParameterName="INPUT", optional=True,
+                                               allowMultiple=True)
+        elif meta["choices"]:
+            param = QgsProcessingParameterEnum(name, label, options=list(meta["choices"]),
+                                               defaultValue=list(meta["choices"]).index(default))
+        elif field.type is bool:
+            param = QgsProcessingParameterBoolean(name, label, defaultValue=default)
+        else:
+            bounds = {key: meta[bound] for key, bound in (("minValue", "minimum"), ("maxValue", "maximum"))
+                      if meta[bound] is not None}
+            param = QgsProcessingParameterNumber(name, label, NUMBER_INTEGER if field.type is int else NUMBER_DOUBLE,
+                                                 default, **bounds)
+        params.append(_advanced(param) if meta["advanced"] else param)
+    return params
+
+
+def declared_arguments(alg, cls, parameters, context) -> list:
+    """The CLI arguments of the dialog's values for the declared settings of `cls`."""
+    args = []
+    for field, meta in _offered(cls):
+        name, flag = _parameter_name(field), settings.flag_name(field)
+        if meta["kind"] == "bands":
+            bands = [b for b in alg.parameterAsInts(parameters, name, context) if b > 0]
+            args += [flag, ",".join(map(str, bands))] if bands else []
+        elif meta["choices"]:
+            args += [flag, meta["choices"][alg.parameterAsEnum(parameters, name, context)]]
+        elif field.type is bool:
+            value = alg.parameterAsBoolean(parameters, name, context)
+            args += [flag] if value else ([f"--no-{flag[2:]}"] if meta["negatable"] else [])
+        elif field.type is int:
+            args += [flag, alg.parameterAsInt(parameters, name, context)]
+        else:
+            args += [flag, alg.parameterAsDouble(parameters, name, context)]
+    return args
+
+
 class _Base(QgsProcessingAlgorithm):
     def group(self):
         return None
@@ -180,25 +235,12 @@ class SegmentAlgorithm(_Base):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
-        self.addParameter(QgsProcessingParameterBand("BANDS", "Bands (one or three)", parentLayerParameterName="INPUT",
-                                                     optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file (empty: fit on this raster)",
                                                      extension="safetensors", optional=True))
-        self.addParameter(QgsProcessingParameterNumber("CLASSES", "Number of classes (self-fit)", NUMBER_INTEGER,
-                                                       settings.MAP_CLASSES, minValue=settings.MIN_CLASSES,
-                                                       maxValue=settings.MAX_CLASSES))
-        self.addParameter(QgsProcessingParameterNumber("WINDOW", "Window size (model px)", NUMBER_INTEGER, settings.WINDOW,
-                                                       minValue=settings.MIN_WINDOW, maxValue=settings.MAX_WINDOW))
-        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (model px)", NUMBER_INTEGER, settings.STRIDE,
-                                                       minValue=settings.MIN_STRIDE, maxValue=settings.MAX_STRIDE))
+        for param in declared_parameters(settings.SelfFitOptions) + declared_parameters(settings.SegmentOptions):
+            self.addParameter(param)
         self.addParameter(QgsProcessingParameterEnum("CRF", "CRF refinement", options=list(settings.CRF_BACKENDS),
                                                      defaultValue=settings.CRF_BACKENDS.index(settings.CRF)))
-        self.addParameter(QgsProcessingParameterBoolean("FLIP", "Flip averaging", defaultValue=settings.FLIP))
-        self.addParameter(_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", "Windows per batch", NUMBER_INTEGER, settings.SEGMENT_BATCH_SIZE,
-            minValue=settings.MIN_SEGMENT_BATCH_SIZE)))
-        self.addParameter(_advanced(QgsProcessingParameterBoolean("NATIVE_RESOLUTION", "Keep native resolution "
-                                                                  "(do not resample to the model's GSD)", defaultValue=False)))
         self._backbone_params()
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT", f"Class raster (empty: <input name>{OUTPUT_SUFFIX}.tif beside the input)", optional=True,
@@ -218,21 +260,13 @@ class SegmentAlgorithm(_Base):
                 os.path.basename(os.path.splitext(out)[0]), context.project(), "OUTPUT"))
         model = self.parameterAsFile(parameters, "MODEL", context)
         args = ["tile-segment", src, out, "--overwrite",
-                "--window", self.parameterAsInt(parameters, "WINDOW", context),
-                "--stride", self.parameterAsInt(parameters, "STRIDE", context),
-                "--batch-size", self.parameterAsInt(parameters, "BATCH_SIZE", context),
                 "--crf", settings.CRF_BACKENDS[self.parameterAsEnum(parameters, "CRF", context)],
-                "--flip" if self.parameterAsBoolean(parameters, "FLIP", context) else "--no-flip"]
-        bands = [b for b in self.parameterAsInts(parameters, "BANDS", context) if b > 0]
-        if bands:
-            args += ["--bands", ",".join(map(str, bands))]
-        if self.parameterAsBoolean(parameters, "NATIVE_RESOLUTION", context):
-            args.append("--native-resolution")
+                *declared_arguments(self, settings.SegmentOptions, parameters, context)]
         if model:
             args += ["--model", model]
             phases = {"segment": (0.0, 100.0)}
         else:
-            args += ["--classes", self.parameterAsInt(parameters, "CLASSES", context),
+            args += [*declared_arguments(self, settings.SelfFitOptions, parameters, context),
                      "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or settings.BACKBONE]
             phases = {"features": (0.0, 30.0), "fit": (30.0, 50.0), "segment": (50.0, 100.0)}
         args += self._backbone_args(parameters, context)

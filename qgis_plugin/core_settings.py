@@ -9,6 +9,7 @@ written by scripts/build_plugin.py); a repository checkout (the tests) reads the
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,8 +20,10 @@ _HERE = Path(__file__).resolve().parent
 def _load() -> ModuleType:
     for path in (_HERE / SETTINGS_COPY, _HERE.parent / "segunify_core" / "settings.py"):
         if path.is_file():
-            spec = importlib.util.spec_from_file_location(f"{__package__}.{SETTINGS_COPY[:-3]}", path)
+            name = f"{__package__}.{SETTINGS_COPY[:-3]}"
+            spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # its dataclasses look their module up while they are built
             spec.loader.exec_module(module)
             return module
     raise ImportError(f"SegUnify's settings file is missing: {SETTINGS_COPY} should be in {_HERE}; reinstall the "

@@ -18,15 +18,16 @@ _EXPORTS = {
     "evaluate": "training.evaluation",
     "Legend": "method.legend", "rewrite_model_legend": "files.model_file",
     "ModelConfig": "method.model", "SegUnifyModel": "method.model", "load_model": "files.model_file", "save_model": "files.model_file",
-    "SegmentOptions": "job.segment", "SelfFitOptions": "job.segment", "segment_raster": "job.segment", "segment": "job.segment",
+    "SegmentOptions": "settings", "SelfFitOptions": "settings", "segment_raster": "job.segment", "segment": "job.segment",
+    "run_job": "job.segment", "JobSpec": "job.spec",
     "TrainConfig": "training.trainer", "train": "training.trainer",
     "vectorize": "files.vectorize",
 }
 
 __all__ = [
-    "BACKBONES", "Legend", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
+    "BACKBONES", "JobSpec", "Legend", "ModelConfig", "SegUnifyError", "SegUnifyModel", "SegmentOptions", "SelfFitOptions",
     "TrainConfig", "create_backbone", "evaluate", "load_model", "make_crf", "rewrite_model_legend", "save_model",
-    "segment", "segment_raster", "train", "vectorize",
+    "run_job", "segment", "segment_raster", "train", "vectorize",
 ]
 
 
@@ -40,11 +41,13 @@ if TYPE_CHECKING:
     from .errors import SegUnifyError
     from .files.model_file import load_model, rewrite_model_legend, save_model
     from .files.vectorize import vectorize
-    from .job.segment import SegmentOptions, SelfFitOptions, segment, segment_raster
+    from .job.segment import run_job, segment, segment_raster
+    from .job.spec import JobSpec
     from .method.backbone import create_backbone
     from .method.crf import make_crf
     from .method.legend import Legend
     from .method.model import ModelConfig, SegUnifyModel
     from .method.registry import BACKBONES
+    from .settings import SegmentOptions, SelfFitOptions
     from .training.evaluation import evaluate
     from .training.trainer import TrainConfig, train

@@ -3,12 +3,18 @@
 The API's dataclasses (TrainConfig, ModelConfig, SelfFitOptions, SegmentOptions), the CLI's click
 options and the QGIS plugin's Processing parameters all read their values from here.
 
-Standard library only, and no module-level imports: the QGIS plugin loads this very file by path in
-QGIS's own Python (from the repository checkout, or from the copy scripts/build_plugin.py puts in
-the plugin), where torch and the rest of segunify_core must never be imported.
+Standard library only: the QGIS plugin loads this very file by path in QGIS's own Python (from the
+repository checkout, or from the copy scripts/build_plugin.py puts in the plugin), where torch and
+the rest of segunify_core must never be imported. (No `from __future__ import annotations` either:
+the dataclasses below are built while the plugin loads the file outside sys.modules.)
 
 Environment variables are read here too, by `environment()` only (nowhere else in the core or the CLI).
 """
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # Backbones: the short names users know from the DINO papers -> timm's published copy of the weights,
 # patch size, feature channels, description. backbone.BACKBONES is built from these rows; any timm
@@ -34,10 +40,10 @@ CRF = "none"
 FLIP = True  # average each window's codes with its horizontal mirror
 
 # Classes. Two defaults on purpose: CLASSES is the method's K (Potsdam-3, the benchmark it is measured
-# on), the default of `segunify train` and of the API. MAP_CLASSES is where the QGIS dialogs (self-fit
-# in Segment raster, Train model) and scripts/demo.sh start an analyst mapping an unknown orthophoto:
-# a couple more clusters than the usual land-cover classes, to be named and merged into a legend
-# (Name and merge classes). The CLI's self-fit has no default: --classes K is what asks for it.
+# on), the default of `segunify train` and of the API's TrainConfig. MAP_CLASSES is where self-fit
+# (`tile-segment` without --model, SelfFitOptions, Segment raster), Train model and scripts/demo.sh
+# start an analyst mapping an unknown orthophoto: a couple more clusters than the usual land-cover
+# classes, to be named and merged into a legend (Name and merge classes).
 CLASSES = 3
 MAP_CLASSES = 5
 MIN_CLASSES = 2
@@ -137,6 +143,143 @@ EVAL_RESOLUTIONS = (224, 320)  # px: resize the shorter side, centre crop; 224 i
 EVAL_RESOLUTION = 224
 EVAL_BATCH_SIZE = 8
 
+
+# --- The segmentation settings, declared once ------------------------------------------------------
+# Each field of SegmentOptions and SelfFitOptions below is the one declaration of a setting: its type,
+# default, help sentence, range or choices, and where it shows. The CLI builds its tile-segment and
+# batch options from these fields (cli/options.py), the QGIS plugin its Segment raster parameters
+# (qgis_plugin/algorithms.py), the core its resume fingerprint (the fields marked `result`) and the
+# job spec the workers receive. Adding a setting here is all it takes for all of them to offer it.
+
+TILE_SEGMENT, BATCH = "tile-segment", "batch"
+SEGMENT_COMMANDS = (TILE_SEGMENT, BATCH)
+
+
+def option(default: Any = dataclasses.MISSING, help: str | Mapping[str, str] = "", *, label: str | None = None,
+           minimum: float | None = None, maximum: float | None = None, choices: Sequence[str] | None = None,
+           result: bool = False, advanced: bool = False, commands: Sequence[str] = SEGMENT_COMMANDS,
+           flag: str | None = None, negatable: bool = False, unset_on_cli: bool = False,
+           plugin_default: Any = None, kind: str | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field that declares one setting.
+
+    help: the --help sentence (or {command: sentence} where commands word it differently).
+    label: the QGIS dialog's label; None keeps the setting out of the dialog. advanced: in the
+    dialog's Advanced group. minimum/maximum/choices: the accepted values everywhere.
+    result: the setting changes the output, so it is part of the resume fingerprint.
+    commands: the CLI commands that offer it (empty: API only). flag: the CLI flag when it is not
+    --field-name. negatable: a boolean with --x/--no-x (else a plain --x flag).
+    unset_on_cli: the CLI option defaults to None, so the command sees whether it was given.
+    plugin_default: the dialog's default where it deliberately differs. kind: "bands" or "path"
+    for values the CLI parses or checks specially.
+    """
+    meta = {"help": help, "label": label, "minimum": minimum, "maximum": maximum,
+            "choices": tuple(choices) if choices else None, "result": result, "advanced": advanced,
+            "commands": tuple(commands), "flag": flag, "negatable": negatable, "unset_on_cli": unset_on_cli,
+            "plugin_default": plugin_default, "kind": kind, "metavar": metavar}
+    return dataclasses.field(default=default, metadata={"segunify": meta})
+
+
+def declared(cls: type) -> list[tuple[dataclasses.Field, dict[str, Any]]]:
+    """The declared settings of an options class: (field, metadata) in declaration order."""
+    return [(f, f.metadata["segunify"]) for f in dataclasses.fields(cls) if "segunify" in f.metadata]
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    meta = field.metadata["segunify"]
+    return meta["flag"] or "--" + field.name.replace("_", "-")
+
+
+def help_for(field: dataclasses.Field, command: str) -> str:
+    text = field.metadata["segunify"]["help"]
+    return text if isinstance(text, str) else text.get(command, "")
+
+
+def result_values(options: Any) -> dict[str, Any]:
+    """The values of the settings that define the result: what the resume fingerprint covers."""
+    return {f.name: getattr(options, f.name) for f, meta in declared(type(options)) if meta["result"]}
+
+
+def as_json_dict(options: Any) -> dict[str, Any]:
+    return {f.name: list(v) if isinstance(v := getattr(options, f.name), tuple) else v
+            for f in dataclasses.fields(options)}
+
+
+class Declared:
+    """Shared behaviour of the declared options: paths kept as text and sequences as tuples, so the
+    options are frozen, hashable and JSON-serialisable."""
+
+    def __post_init__(self) -> None:
+        for f, _ in declared(type(self)):
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(value))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        klass: Any = cls  # a dataclass: every subclass below is one
+        return klass(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(klass)}})
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOptions(Declared):
+    """How a raster is segmented, and which outputs beside the class raster are written."""
+
+    window: int = option(WINDOW, "Window size in model pixels.", label="Window size (model px)",
+                         minimum=MIN_WINDOW, maximum=MAX_WINDOW, result=True)
+    stride: int = option(STRIDE, "Window stride in model pixels.", label="Stride (model px)", minimum=MIN_STRIDE,
+                         maximum=MAX_STRIDE, result=True)
+    batch_size: int = option(SEGMENT_BATCH_SIZE, "Windows per backbone call.", label="Windows per batch",
+                             minimum=MIN_SEGMENT_BATCH_SIZE, advanced=True)
+    flip: bool = option(FLIP, "Average the codes of each window and its horizontal flip.", label="Flip averaging",
+                        negatable=True, result=True)
+    native_resolution: bool = option(
+        False, "Do not resample the input to the model's GSD.", result=True, advanced=True,
+        label="Keep native resolution (do not resample to the model's GSD)")
+    bands: tuple[int, ...] | None = option(
+        None, "Bands to use, e.g. 1,2,3 or 1 (repeated as grey). Default: the first three, or the single band.",
+        label="Bands (one or three)", kind="bands", result=True)
+    probabilities: str | None = option(None, "Also write the blended class probabilities to this GeoTIFF.",
+                                       commands=(TILE_SEGMENT,), kind="path", result=True)
+    probabilities_dtype: str = option(PROBABILITIES_DTYPE, "Storage of the probabilities (uint8: 0..255 scaled).",
+                                      choices=PROBABILITIES_DTYPES, commands=(TILE_SEGMENT,), result=True)
+    cog: bool = option(False, "Write a Cloud Optimized GeoTIFF (NEAREST/MODE overviews).", result=True)
+    overwrite: bool = option(False, {TILE_SEGMENT: "Replace an existing OUTPUT.",
+                                     BATCH: "Redo files whose output exists (default: skip them)."})
+    preview: str | None = option(None, "Write a PNG of image, classes and overlay.", commands=(TILE_SEGMENT,),
+                                 kind="path")
+    device: str = option(DEVICE, "The device the job runs on (auto: a CUDA GPU if there is one, else the CPU).",
+                         commands=(), result=True)
+    block: int = option(BLOCK, "Side of one part in source pixels.", minimum=1, result=True)
+    resume: bool = option(RESUME, "Keep finished parts of an interrupted run and reuse them.", commands=())
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfFitOptions(Declared):
+    """Fit a model on windows of the input itself (no model file given); tile-segment's self-fit."""
+
+    classes: int = option(MAP_CLASSES, "Without --model: fit K classes on the input itself "
+                          f"(default without --model: {MAP_CLASSES}).", label="Number of classes (self-fit)",
+                          minimum=MIN_CLASSES, maximum=MAX_CLASSES, commands=(TILE_SEGMENT,), unset_on_cli=True,
+                          plugin_default=MAP_CLASSES, result=True)
+    extra_clusters: int = option(EXTRA_CLUSTERS, "Self-fit: prototypes beyond K.", minimum=0,
+                                 commands=(TILE_SEGMENT,), result=True)
+    steps: int = option(FIT_STEPS, "Self-fit: training steps.", minimum=MIN_STEPS, flag="--fit-steps",
+                        commands=(TILE_SEGMENT,), result=True)
+    batch_size: int = option(FIT_BATCH_SIZE, commands=(), result=True)
+    max_windows: int = option(FIT_WINDOWS, "Self-fit: windows sampled from the input.", minimum=MIN_FIT_WINDOWS,
+                              flag="--fit-windows", commands=(TILE_SEGMENT,), result=True)
+    feature_crop: int = option(FIT_FEATURE_CROP, commands=(), result=True)
+    seed: int = option(SEED, "Self-fit: random seed.", minimum=0, commands=(TILE_SEGMENT,), result=True)
+    shift_intra: float = option(SHIFT_INTRA, "Self-fit: closeness shift b1.", commands=(TILE_SEGMENT,), result=True)
+    shift_inter: float = option(SHIFT_INTER, "Self-fit: cross-image shift b2.", commands=(TILE_SEGMENT,),
+                                result=True)
+    temperature: float = option(TEMPERATURE, commands=(), result=True)
+    alpha: float = option(ALPHA, commands=(), result=True)
+    local_sets: int = option(LOCAL_SETS, "Self-fit: local prototype sets learning against the one global set.",
+                             minimum=1, commands=(TILE_SEGMENT,), result=True)
+    cache_dir: str | None = option(None, commands=(), kind="path")
 # Environment switches: read only through `environment()`, each time it is called (a command reads
 # them when it starts; nothing is cached in the process).
 ENV_EAGER = "SEGUNIFY_EAGER"  # 1: run the backbone eagerly, no fused CPU graph (debugging; features match to 1e-4)

@@ -121,3 +121,14 @@ def interrupt_when_paused(proc: subprocess.Popen, sig: int) -> dict:
             return event
     proc.wait(timeout=60)
     raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching the pause: {proc.stderr.read()}")
+
+
+def with_made_up_setting(settings) -> type:
+    """settings.SegmentOptions plus one made-up boolean setting, declared like the others: what a
+    contributor adding a setting writes in segunify_core/settings.py, and nothing else."""
+    import dataclasses
+
+    extra = ("made_up", bool, settings.option(False, "A made-up setting.", label="Made up", result=True))
+    fields = [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+              for f in dataclasses.fields(settings.SegmentOptions)]
+    return dataclasses.make_dataclass("SegmentOptions", [*fields, extra], bases=(settings.Declared,), frozen=True)

@@ -150,8 +150,9 @@ def test_model_records_its_backbone_weights_file(saved, tiny_weights):
 
 def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offline, tmp_path):
     """tile-segment, evaluate and batch load through load_model; Dask workers through worker_model."""
-    from segunify_core.job.parts import RunSpec
+    from segunify_core.job.spec import JobSpec, RunFacts
     from segunify_core.job.worker import worker_model
+    from segunify_core.settings import SegmentOptions
 
     _, path = saved
     x = torch.rand(1, 3, 64, 64) * 255
@@ -159,8 +160,9 @@ def test_recorded_weights_are_used_without_the_flag(saved, tiny_backbone, offlin
     loaded = load_model(path)
     assert loaded.backbone.weights == tiny_backbone.weights
     torch.testing.assert_close(loaded.backbone(x), expected)
-    on_worker, _ = worker_model(RunSpec(str(tmp_path), model_file=str(path), model_sha256="test-recorded",
-                                         precision="fp32"))
+    job = JobSpec.build([tmp_path / "in.tif"], [tmp_path / "out.tif"], SegmentOptions(), model_file=path)
+    on_worker, _ = worker_model(job, RunFacts(str(tmp_path), model_file=str(path), model_sha256="test-recorded",
+                                              precision="fp32"))
     torch.testing.assert_close(on_worker.backbone(x), expected)
 
 

@@ -17,9 +17,10 @@ import rasterio
 import torch
 
 from segunify_core.files.model_file import load_model
-from segunify_core.job.parts import RunSpec, run_part
+from segunify_core.job.parts import run_part
 from segunify_core.job.planning import Geometry, parts_from_json, parts_to_json, plan
 from segunify_core.job.segment import SegmentOptions, segment, segment_raster
+from segunify_core.job.spec import JobSpec, RunFacts
 from segunify_core.synthetic import make_blobs, write_geotiff
 from tests.helpers import require_module
 
@@ -107,10 +108,11 @@ def test_blender_in_the_real_label_loop_equals_whole_raster_accumulation(tmp_pat
         folder.mkdir()
         parts = plan([src], [tmp_path / "o.tif"], Geometry(96, 64, 16, None), probabilities=[tmp_path / "p.tif"],
                      block=block)
-        spec = RunSpec(str(folder), flip=False, batch_size=3, probabilities_dtype="float16")
+        job = JobSpec.build([src], [tmp_path / "o.tif"], SegmentOptions(flip=False, batch_size=3))
+        facts = RunFacts(str(folder))
         probs = np.zeros((3, 470, 610), np.float32)
         for part in parts:
-            run_part(part, spec, stub)
+            run_part(part, job, facts, stub)
             with rasterio.open(folder / f"{part.id}.probabilities.tif") as ds:
                 probs[:, part.row0:part.row1, part.col0:part.col1] = ds.read()
         results[block] = probs
@@ -141,9 +143,9 @@ def test_run_part_is_idempotent(model, tmp_path):
     img, _ = make_blobs(300, 260, seed=5)
     src = write_geotiff(tmp_path / "in.tif", img)
     part = plan([src], [tmp_path / "o.tif"], Geometry(224, 160, 16, model.config.gsd))[0]
-    spec = RunSpec(str(tmp_path))
-    first = run_part(part, spec, model)
-    second = run_part(part, spec, model)
+    job, facts = JobSpec.build([src], [tmp_path / "o.tif"], SegmentOptions()), RunFacts(str(tmp_path))
+    first = run_part(part, job, facts, model)
+    second = run_part(part, job, facts, model)
     assert first == second
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.tif", f"{part.id}.labels.tif"])
 

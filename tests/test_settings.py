@@ -124,7 +124,7 @@ def test_every_dataclass_and_constructor_default_is_the_settings_value():
         TrainConfig: {"window": "TRAIN_WINDOW", "potsdam_split": "POTSDAM_TRAIN_SPLIT"},
         ModelConfig: {},
         SelfFitOptions: {"steps": "FIT_STEPS", "batch_size": "FIT_BATCH_SIZE", "max_windows": "FIT_WINDOWS",
-                         "feature_crop": "FIT_FEATURE_CROP"},
+                         "feature_crop": "FIT_FEATURE_CROP", "classes": "MAP_CLASSES"},  # self-fit maps: MAP_CLASSES
         SegmentOptions: {"batch_size": "SEGMENT_BATCH_SIZE"},
     }
     not_settings = {"bands", "gsd", "feature_crop", "preset", "preset_overrides", "cache_dir", "probabilities",

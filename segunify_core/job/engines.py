@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SegUnifyError
 from ..progress import Progress
-from .parts import RunSpec, run_part
+from .parts import run_part
 from .planning import Part
+from .spec import JobSpec, RunFacts
 from .worker import host_of, import_distributed, run_part_task, torch_threads_plugin
 
 if TYPE_CHECKING:
@@ -106,11 +107,11 @@ class _JobProgress:
         self.part(0)
 
 
-def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, crf: CRF | None,
+def run_in_process(parts: Sequence[Part], job: JobSpec, facts: RunFacts, model: SegUnifyModel, crf: CRF | None,
                    progress: _JobProgress) -> Iterator[Result]:
     for part in parts:
         try:
-            hashes = run_part(part, spec, model, crf, lambda phase, done, total, stats=None: progress.part(done))
+            hashes = run_part(part, job, facts, model, crf, lambda phase, done, total, stats=None: progress.part(done))
             progress.done += len(part.tiles())
             yield part, hashes, None
         except (KeyboardInterrupt, SystemExit, MemoryError):
@@ -119,15 +120,16 @@ def run_in_process(parts: Sequence[Part], spec: RunSpec, model: SegUnifyModel, c
             yield part, None, exc
 
 
-def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
+def run_on_dask(client, parts: Sequence[Part], job: JobSpec, facts: RunFacts, name: str,
                 progress: _JobProgress, retries: int = 2) -> Iterator[Result]:
     distributed = import_distributed()
-    if spec.model_file is None:
+    if facts.model_file is None:
         raise ValueError("a cluster run needs the model as a file")
     prepare_workers(client)
-    resources = {"GPU": 1} if spec.device == "cuda" else None
-    by_key = {f"segunify-{job[:12]}-{p.id}": p for p in parts}
-    futures = client.map(run_part_task, [p.to_dict() for p in parts], spec=spec.to_dict(), key=list(by_key),
+    resources = {"GPU": 1} if facts.device == "cuda" else None
+    by_key = {f"segunify-{name[:12]}-{p.id}": p for p in parts}
+    futures = client.map(run_part_task, [p.to_dict() for p in parts], job=job.to_json(), facts=facts.to_dict(),
+                         key=list(by_key),
                          pure=False, retries=retries, resources=resources)
     try:
         for future in distributed.as_completed(futures):
@@ -150,10 +152,11 @@ def run_on_dask(client, parts: Sequence[Part], spec: RunSpec, job: str,
         client.cancel(futures)
 
 
-def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model: SegUnifyModel | None = None,
-              crf: CRF | None = None, job: str = "job", progress: Progress | None = None,
+def run_parts(parts: Sequence[Part], job: JobSpec, facts: RunFacts, client=None, model: SegUnifyModel | None = None,
+              crf: CRF | None = None, name: str = "job", progress: Progress | None = None,
               windows_done: int = 0, windows_total: int | None = None) -> Iterator[Result]:
     """Run parts in this process (client None) or on the client's cluster; results as they finish.
+    name: the job's fingerprint, which names its Dask tasks.
     Progress: ("segment", windows done, windows in all), counting `windows_done` (of parts done
     before, e.g. resumed) in; `windows_total` defaults to those of `parts` plus `windows_done`."""
     total = windows_total if windows_total is not None else windows_done + sum(len(p.tiles()) for p in parts)
@@ -161,5 +164,5 @@ def run_parts(parts: Sequence[Part], spec: RunSpec, client=None, model: SegUnify
     if client is None:
         if model is None:
             raise ValueError("running parts in this process needs the model")
-        return run_in_process(parts, spec, model, crf, counter)
-    return run_on_dask(client, parts, spec, job, counter)
+        return run_in_process(parts, job, facts, model, crf, counter)
+    return run_on_dask(client, parts, job, facts, name, counter)

@@ -9,11 +9,10 @@ worker, a retry) changes nothing. Each file appears atomically.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -31,6 +30,7 @@ from ..method.model import SegUnifyModel
 from ..progress import Progress
 from .blending import Blender
 from .planning import Part
+from .spec import JobSpec, RunFacts
 from .windows import TileSource
 
 if TYPE_CHECKING:
@@ -41,26 +41,6 @@ if TYPE_CHECKING:
 GDAL_CACHE_MB = 128
 WRITE_STRIP_VALUES = 1 << 22  # probabilities written at a time: glibc serves them from its reusable heap
 PART_BLOCK = 256  # tile side inside part files
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """How every part of a job runs: the same on every engine, JSON-serialisable."""
-
-    parts_dir: str
-    flip: bool = settings.FLIP
-    batch_size: int = settings.SEGMENT_BATCH_SIZE
-    probabilities_dtype: str = settings.PROBABILITIES_DTYPES[0]
-    device: str = "cpu"  # resolved on the driver (settings.DEVICES' auto becomes cpu or cuda there)
-    precision: str = settings.PRECISION
-    fuse: bool | str = "auto"  # the backbone's CPU graph fusion (Backbone.fuse)
-    crf: str = settings.CRF
-    model_file: str | None = None  # for workers: the model they load (once per process)
-    model_sha256: str | None = None
-    backbone_weights: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def gdal_env() -> rasterio.Env:
@@ -132,30 +112,31 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 @torch.inference_mode()
-def run_part(part: Part, spec: RunSpec, model: SegUnifyModel, crf: CRF | None = None,
+def run_part(part: Part, job: JobSpec, facts: RunFacts, model: SegUnifyModel, crf: CRF | None = None,
              progress: Progress | None = None) -> dict[str, str]:
     """Compute one part and write its files atomically; returns {file kind: SHA-256}. Progress:
     ("segment", windows of this part done, the part's windows)."""
     raster = part.raster
     plan = raster.window_plan()
-    device = torch.device(spec.device)
+    device = torch.device(facts.device)
     n = model.n_classes
-    files = part_files(spec.parts_dir, part)
+    files = part_files(facts.parts_dir, part)
+    options = job.options
     tiles = part.tiles()
     with gdal_env(), RasterReader.open(raster.input, raster.bands, raster.stats) as reader:
         source = TileSource(reader, plan, raster.model_window, raster.scale, raster.patch)
         blender = Blender(plan, tiles, n)
         strip = max(1, WRITE_STRIP_VALUES // (n * blender.width))
         with contextlib.ExitStack() as stack:
-            writer = _PartWriter(stack, reader, part, files, n, spec.probabilities_dtype)
+            writer = _PartWriter(stack, reader, part, files, n, options.probabilities_dtype)
             done = 0
-            for batch in _batches(tiles, spec.batch_size):
+            for batch in _batches(tiles, options.batch_size):
                 reads = [source.read(t) for t in batch]
                 keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
                 probs = None
                 if keep:
                     rgb = torch.from_numpy(np.stack([reads[i][0] for i in keep])).to(device)
-                    log_probs = window_log_probs(model, rgb, spec.flip)
+                    log_probs = window_log_probs(model, rgb, options.flip)
                     probs = crf(rgb, log_probs) if crf is not None else log_probs.exp()
                 final = blender.top
                 for i, tile in enumerate(batch):

@@ -31,11 +31,13 @@ from ..files.raster_io import open_raster
 from ..method.backbone import Backbone
 from ..method.model import SegUnifyModel
 from ..progress import Progress
+from ..settings import SegmentOptions, SelfFitOptions
 from .assembly import assemble
 from .engines import as_client, run_parts
-from .parts import RunSpec, gdal_env, part_files
-from .planning import DEFAULT_BLOCK, Geometry, Part, RasterJob, parts_to_json, plan
-from .selffit import SelfFitOptions, self_fit
+from .parts import gdal_env, part_files
+from .planning import Geometry, Part, RasterJob, parts_to_json, plan
+from .selffit import self_fit
+from .spec import JobSpec, RunFacts
 
 if TYPE_CHECKING:
     from ..method.crf import CRF
@@ -44,25 +46,8 @@ log = logging.getLogger("segunify")
 FIT_MODEL = "self-fit.safetensors"
 JOB_MODEL = "model.safetensors"
 
-__all__ = ["SegmentOptions", "SegmentReport", "SelfFitOptions", "JobReport", "segment", "segment_raster"]
-
-
-@dataclasses.dataclass
-class SegmentOptions:
-    window: int = settings.WINDOW
-    stride: int = settings.STRIDE
-    batch_size: int = settings.SEGMENT_BATCH_SIZE
-    flip: bool = settings.FLIP
-    native_resolution: bool = False
-    bands: Sequence[int] | None = None
-    probabilities: str | Path | None = None
-    probabilities_dtype: str = settings.PROBABILITIES_DTYPE  # or "uint8" (0..255 scaled)
-    cog: bool = False
-    overwrite: bool = False
-    preview: str | Path | None = None
-    device: str = settings.DEVICE  # auto: a CUDA GPU if there is one, else the CPU
-    block: int = DEFAULT_BLOCK  # source px per part side
-    resume: bool = settings.RESUME  # keep finished parts of an interrupted run and reuse them
+__all__ = ["JobReport", "JobSpec", "SegmentOptions", "SegmentReport", "SelfFitOptions", "run_job", "segment",
+           "segment_raster"]
 
 
 @dataclasses.dataclass
@@ -139,12 +124,12 @@ def _model_digest(model: SegUnifyModel) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(parts: Sequence[Part], options: SegmentOptions, what: dict[str, Any]) -> str:
-    """Names the job: the same parts, settings and model give the same fingerprint."""
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()
-                if k not in ("overwrite", "resume", "preview", "batch_size")}
+def fingerprint(parts: Sequence[Part], job: JobSpec, model: SegUnifyModel | None) -> str:
+    """Names the job: the same parts, inputs, model and result-defining settings (those marked
+    `result` in settings.py) give the same fingerprint."""
     files = sorted({(p.raster.input, *_stat(p.raster.input)) for p in parts})
-    payload = json.dumps({"parts": parts_to_json(parts), "settings": settings, "files": files, **what},
+    payload = json.dumps({"parts": parts_to_json(parts), "settings": job.result(), "files": files,
+                          "model": _model_digest(model) if model is not None else None},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -167,9 +152,25 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
     Cluster workers load the model from `model_file` (or from a copy written to the job folder),
     with `backbone_weights` when given, so they must see the same file system as this process.
     keep_going: a raster that fails is reported in the result instead of stopping the job.
+    The arguments become one `JobSpec`; see `run_job`.
     """
-    in_paths, out_paths = [Path(p) for p in inputs], [Path(p) for p in outputs]
+    job = JobSpec.build(inputs, outputs, options, model_file=model_file, fit=fit if model is None else None,
+                        backbone=backbone.spec.name if model is None and backbone is not None else None,
+                        backbone_weights=backbone_weights, crf=crf.name if crf is not None else "none",
+                        scheduler=client if isinstance(client, str) else None, job_folder=job_folder,
+                        keep_going=keep_going)
+    return run_job(job, model, backbone, crf, client, progress)
+
+
+def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone | None = None,
+            crf: CRF | None = None, client: Any = None, progress: Progress | None = None) -> JobReport:
+    """Run a job spec. The objects the spec names are passed in, loaded: the model (of
+    `job.model_file`, or in memory), or the backbone for a self-fit; the CRF of `job.crf`; the
+    Dask client of the spec's engine (None: in this process)."""
+    options = job.options
+    in_paths, out_paths = [Path(p) for p in job.inputs], [Path(p) for p in job.outputs]
     _check_outputs(in_paths, out_paths, options.overwrite)
+    fit = job.fit
     if model is not None:
         patch = model.config.patch_size
     elif fit is not None and backbone is not None:
@@ -185,18 +186,15 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
                         options.native_resolution)
     client = as_client(client)
     device = api_device(options.device)
-    folder = Path(job_folder) if job_folder else default_job_folder(out_paths)
+    folder = Path(job.job_folder) if job.job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     with gdal_env():
         parts = _plan_checked(in_paths, out_paths, geometry, bands, model, options)
     seconds["plan"] = time.perf_counter() - clock
-    what = {"model": _model_digest(model) if model is not None else None,
-            "fit": dataclasses.asdict(fit) if model is None and fit else None,
-            "backbone": backbone.spec.name if model is None and backbone else None}
-    job = _fingerprint(parts, options, what)
+    name = fingerprint(parts, job, model)
     # batch (keep_going) skips finished outputs, so its rerun can be a smaller job: start that one over
-    manifest = Manifest.open(folder, job, options.resume, strict=not keep_going)
+    manifest = Manifest.open(folder, name, options.resume, strict=not job.keep_going)
     if not manifest.resumed:
         # a new job: clear what another run left, and record the job at once, so that a run killed
         # before its first part (during self-fit) still resumes with the model it fitted
@@ -217,15 +215,14 @@ def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: 
                                 "merge classes (`segunify classes --merge`) or fit fewer (--classes).")
         precision = getattr(model.backbone, "precision", settings.PRECISION)
         recorded = getattr(model.backbone, "weights", None)
+        backbone_weights = job.backbone_weights
         if backbone_weights is None and recorded is not None:
             backbone_weights = recorded.path  # cluster workers load the same checkpoint
-        spec = RunSpec(str(folder), flip=options.flip, batch_size=options.batch_size,
-                       probabilities_dtype=options.probabilities_dtype, device=device.type, precision=precision,
-                       fuse=getattr(model.backbone, "fuse", "auto"), crf=crf.name if crf is not None else "none",
-                       backbone_weights=_opt_str(backbone_weights))
+        facts = RunFacts(str(folder), device=device.type, precision=precision,
+                         fuse=getattr(model.backbone, "fuse", "auto"), backbone_weights=_opt_str(backbone_weights))
         if client is not None:
-            spec = _with_model_file(spec, model, model_file, folder)
-        report = _run_and_assemble(parts, spec, manifest, model, crf, client, options, keep_going, progress)
+            facts = _with_model_file(facts, model, job.model_file, folder)
+        report = _run_and_assemble(parts, job, facts, manifest, model, crf, client, progress)
         report.device, report.precision = device.type, precision
         report.seconds = {**seconds, **report.seconds}
         finished = not report.failed
@@ -265,18 +262,19 @@ def _fitted_model(folder: Path, parts: Sequence[Part], backbone: Backbone, fit: 
     return model
 
 
-def _with_model_file(spec: RunSpec, model: SegUnifyModel, model_file, folder: Path) -> RunSpec:
+def _with_model_file(facts: RunFacts, model: SegUnifyModel, model_file, folder: Path) -> RunFacts:
     """Workers load the model from a file: the one given, or a copy in the job folder."""
     path = Path(model_file) if model_file else None
     if path is None:
         path = folder / FIT_MODEL if (folder / FIT_MODEL).is_file() else folder / JOB_MODEL
         if path.name == JOB_MODEL:
             save_model(model, path)
-    return dataclasses.replace(spec, model_file=str(path.resolve()), model_sha256=file_sha256(path))
+    return dataclasses.replace(facts, model_file=str(path.resolve()), model_sha256=file_sha256(path))
 
 
-def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, model: SegUnifyModel, crf: CRF | None,
-                      client, options: SegmentOptions, keep_going: bool, progress: Progress | None) -> JobReport:
+def _run_and_assemble(parts: list[Part], job: JobSpec, facts: RunFacts, manifest: Manifest, model: SegUnifyModel,
+                      crf: CRF | None, client, progress: Progress | None) -> JobReport:
+    options, keep_going = job.options, job.keep_going
     rasters: dict[int, RasterJob] = {}
     by_raster: dict[int, list[Part]] = {}
     for part in parts:
@@ -309,7 +307,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     clock = time.perf_counter()
     for index in [i for i, left in waiting.items() if not left]:  # every part reused
         finish(index)
-    for part, hashes, exc in run_parts(todo, spec, client, model, crf, manifest.job, progress, done, total):
+    for part, hashes, exc in run_parts(todo, job, facts, client, model, crf, manifest.job, progress, done, total):
         index = part.raster.index
         if exc is not None:
             if not keep_going:
@@ -325,7 +323,7 @@ def _run_and_assemble(parts: list[Part], spec: RunSpec, manifest: Manifest, mode
     run_s = time.perf_counter() - clock - assemble_s[0]
     results = [RasterResult(r.input, r.output, r.width, r.height, len(r.window_plan()), r.scale, errors.get(i))
                for i, r in rasters.items()]
-    return JobReport(results, len(parts), computed, reused, model.n_classes, spec.device, spec.precision,
+    return JobReport(results, len(parts), computed, reused, model.n_classes, facts.device, facts.precision,
                      model, dict(manifest.parts), {"run": run_s, "assemble": assemble_s[0]})
 
 

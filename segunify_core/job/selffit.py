@@ -22,31 +22,12 @@ from ..files.raster_io import RasterReader, ground_sampling_distance
 from ..method.backbone import Backbone
 from ..method.model import SegUnifyModel
 from ..progress import Progress
+from ..settings import SelfFitOptions
 from ..training.feature_cache import build_cache
 from ..training.trainer import TrainConfig, Trainer, cluster_shares, new_model
 from .planning import RasterJob
 from .tiling import Tile
 from .windows import TileSource
-
-
-@dataclasses.dataclass
-class SelfFitOptions:
-    """Fit a model on windows of the input itself (no model file given)."""
-
-    classes: int
-    extra_clusters: int = settings.EXTRA_CLUSTERS
-    steps: int = settings.FIT_STEPS
-    batch_size: int = settings.FIT_BATCH_SIZE
-    max_windows: int = settings.FIT_WINDOWS
-    feature_crop: int = settings.FIT_FEATURE_CROP
-    seed: int = settings.SEED
-    shift_intra: float = settings.SHIFT_INTRA
-    shift_inter: float = settings.SHIFT_INTER
-    temperature: float = settings.TEMPERATURE
-    alpha: float = settings.ALPHA
-    local_sets: int = settings.LOCAL_SETS
-    cache_dir: str | Path | None = None
-
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}  # what a self-fit passes on as is
 

@@ -12,8 +12,9 @@ import socket
 import torch
 
 from ..errors import SegUnifyError
-from .parts import RunSpec, run_part
+from .parts import run_part
 from .planning import Part
+from .spec import JobSpec, RunFacts
 
 INSTALL_HINT = 'Running on a Dask cluster needs the distributed extra; install it with pip install "segunify[distributed]".'
 
@@ -26,33 +27,33 @@ def import_distributed():
     return distributed
 
 
-def worker_model(spec: RunSpec):
-    """The model and CRF of this spec, loaded once per process (a worker runs many parts)."""
-    if spec.model_file is None:
-        raise ValueError("a part run on a worker needs the model file (RunSpec.model_file)")
-    return _load_worker_model(spec.model_file, spec.model_sha256, spec.backbone_weights, spec.device,
-                              spec.precision, spec.fuse, spec.crf)
+def worker_model(job: JobSpec, facts: RunFacts):
+    """The model and CRF of this job, loaded once per process (a worker runs many parts)."""
+    if facts.model_file is None:
+        raise ValueError("a part run on a worker needs the model file (RunFacts.model_file)")
+    return _load_worker_model(job.to_json(), facts)
 
 
-@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the model file's hash
-def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
-                       precision: str, fuse: bool | str, crf: str):
+@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the whole spec and run facts
+def _load_worker_model(job_json: str, facts: RunFacts):
     from ..files.model_file import load_model
     from ..method.backbone import choose_precision
     from ..method.crf import make_crf
 
-    device = torch.device(device_name)
-    model = load_model(model_file, backbone_weights=backbone_weights,
-                       precision=choose_precision(precision, device), fuse=fuse)
+    job = JobSpec.from_json(job_json)
+    device = torch.device(facts.device)
+    assert facts.model_file is not None  # checked by worker_model
+    model = load_model(facts.model_file, backbone_weights=facts.backbone_weights,
+                       precision=choose_precision(facts.precision, device), fuse=facts.fuse)
     # A Dask worker is a daemon process and may not start the CRF's own worker processes.
-    return model.to(device).eval(), make_crf(crf, workers=1)
+    return model.to(device).eval(), make_crf(job.crf, workers=1)
 
 
-def run_part_task(part: dict, spec: dict) -> dict[str, str]:
-    """The Dask task: one part, from JSON-like arguments."""
-    run = RunSpec(**spec)
-    model, crf = worker_model(run)
-    return run_part(Part.from_dict(part), run, model, crf)
+def run_part_task(part: dict, job: str, facts: dict) -> dict[str, str]:
+    """The Dask task: one part, from the job spec's JSON and the run facts."""
+    spec, run = JobSpec.from_json(job), RunFacts(**facts)
+    model, crf = worker_model(spec, run)
+    return run_part(Part.from_dict(part), spec, run, model, crf)
 
 
 def host_of(address: str) -> str:

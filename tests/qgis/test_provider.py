@@ -14,7 +14,7 @@ from conftest import REPO, CancelAt
 from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer
 
 from qgis_plugin.core_settings import settings
-from tests.helpers import wait_gone
+from tests.helpers import wait_gone, with_made_up_setting
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
@@ -97,6 +97,24 @@ def test_plugin_parameters_match_the_cli():
     assert compared == 31  # 13 Segment + 16 Train + 2 Vectorize parameters
     tile = cli["tile-segment"]["--classes"]  # the dialogs' class count is one the CLI accepts
     assert tile["min"] <= settings.MAP_CLASSES <= tile["max"] and cli["train"]["--classes"]["default"] == settings.CLASSES
+
+
+def test_a_declared_setting_reaches_the_segment_dialog(monkeypatch):
+    """A setting added to settings.SegmentOptions alone is a Segment raster parameter (label and
+    default from its declaration) and becomes its CLI flag."""
+    from qgis.core import QgsProcessingContext, QgsProcessingParameterBoolean
+
+    from qgis_plugin.algorithms import SegmentAlgorithm, declared_arguments
+
+    monkeypatch.setattr(settings, "SegmentOptions", with_made_up_setting(settings))
+    alg = SegmentAlgorithm()
+    alg.initAlgorithm()
+    param = alg.parameterDefinition("MADE_UP")
+    assert isinstance(param, QgsProcessingParameterBoolean)
+    assert param.description() == "Made up" and param.defaultValue() is False
+    context = QgsProcessingContext()
+    assert "--made-up" in declared_arguments(alg, settings.SegmentOptions, {"MADE_UP": True}, context)
+    assert "--made-up" not in declared_arguments(alg, settings.SegmentOptions, {"MADE_UP": False}, context)
 
 
 def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
