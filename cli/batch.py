@@ -22,6 +22,7 @@ from .options import (
     engine_options,
     guarded,
     progress_for,
+    resume_option,
     segment_options,
     setup_logging,
 )
@@ -32,8 +33,7 @@ from .options import (
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Model file from `segunify train`.")
 @segment_options(settings.BATCH)
-@click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
-              help="Keep the finished parts of an interrupted run and compute only the missing ones.")
+@resume_option
 @engine_options
 @crf_option
 @device_options

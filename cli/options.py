@@ -48,6 +48,10 @@ def bands_value(ctx: click.Context, param: click.Parameter, value: str | None) -
 bands_option = click.option("--bands", default=None, callback=bands_value,
                             help=settings.help_for(settings.SegmentOptions.__dataclass_fields__["bands"], "train"))
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+resume_option = click.option(
+    "--resume/--no-resume", default=settings.RESUME, show_default=True,
+    help="Keep the finished parts of an interrupted run (in a hidden folder beside the output) and compute only "
+         "the missing ones; without it an interrupted run leaves nothing behind.")
 classes_range = click.IntRange(settings.MIN_CLASSES, settings.MAX_CLASSES)
 
 

@@ -20,6 +20,7 @@ from .options import (
     engine_options,
     guarded,
     progress_for,
+    resume_option,
     segment_options,
     self_fit_options,
     setup_logging,
@@ -33,8 +34,7 @@ from .options import (
 @self_fit_options(settings.TILE_SEGMENT)
 @click.option("--save-model", "save_model_path", type=click.Path(dir_okay=False), default=None, help="Self-fit: keep the fitted model.")
 @segment_options(settings.TILE_SEGMENT)
-@click.option("--resume/--no-resume", default=settings.RESUME, show_default=True,
-              help="Keep the finished parts of an interrupted run (beside OUTPUT) and compute only the missing ones.")
+@resume_option
 @engine_options
 @backbone_option
 @crf_option

@@ -163,13 +163,13 @@ def test_batch_native_resolution(tiles, tiny_model, tiny_weights, tmp_path):
 
 
 def test_batch_no_resume_recomputes_every_part(tiles, tiny_model, tiny_weights, tmp_path):
-    """Parts left by an interrupted job are reused by default and recomputed with --no-resume: a
+    """Parts left by an interrupted job (run with --resume) are recomputed with --no-resume: a
     finished part file made wrong on purpose shows which."""
     out = tmp_path / "out"
     batch(tiles, tmp_path / "ref", tiny_model, tiny_weights)
     # an interrupted job: its finished parts, as the paused run of test_reliability leaves them
     proc = paused_cli(["batch", tiles, out, "--model", tiny_model, "--backbone-weights", tiny_weights, "--window",
-                       "224", "--stride", "160", "--no-flip", "--batch-size", "1"], "segment", 0,
+                       "224", "--stride", "160", "--no-flip", "--batch-size", "1", "--resume"], "segment", 0,
                       ready=out / "t0_classes.tif")
     interrupt_when_paused(proc, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
@@ -237,8 +237,7 @@ def test_self_fit_seed_and_local_sets(scene, tiny_weights, tmp_path):
 # ---------------------------------------------------------------- a running Dask scheduler
 def test_scheduler_file_runs_on_that_cluster(seg, scene, tiny_model, tiny_weights, tmp_path):
     require_module("distributed", 'the distributed extra is not installed: pip install "segunify[distributed]"')
-    dask = Path(sys.executable).with_name("dask")
-    command = [str(dask)] if dask.exists() else [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    command = [sys.executable, "-m", "dask"]  # the dask CLI of this interpreter, wherever its scripts are
     scheduler_file = tmp_path / "scheduler.json"
     started = []
     try:
@@ -248,6 +247,7 @@ def test_scheduler_file_runs_on_that_cluster(seg, scene, tiny_model, tiny_weight
         deadline = time.monotonic() + 120
         while not scheduler_file.is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert scheduler_file.is_file(), "the Dask scheduler did not start (no scheduler file)"
         started.append(subprocess.Popen(command + ["worker", "--scheduler-file", str(scheduler_file), "--nworkers",
                                                    "1", "--nthreads", "1", "--no-dashboard"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
