@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from segunify_core.job.planning import Geometry, parts_from_json, parts_to_json,
 from segunify_core.job.segment import SegmentOptions, segment, segment_raster
 from segunify_core.job.spec import JobSpec, RunFacts
 from segunify_core.synthetic import make_blobs, write_geotiff
-from tests.helpers import require_module
+from tests.helpers import interrupt_when_paused, paused_cli, require_module
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 distributed = require_module("distributed", 'the distributed extra is not installed: pip install "segunify[distributed]"')
@@ -198,13 +197,10 @@ def test_driver_killed_then_resumed_recomputes_only_missing_parts(tiny_model, ti
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "out.tif"
     manifest = tmp_path / ".out.tif.parts" / "manifest.json"
-    proc = subprocess.Popen(base + [str(out), "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if manifest.is_file() and len(json.loads(manifest.read_text())["parts"]) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    # held inside its progress callback at half of the windows (some parts recorded, some not), then killed
+    proc = paused_cli(base[len(CLI):] + [str(out), "--resume"], "segment", 50)
+    paused = interrupt_when_paused(proc, signal.SIGKILL)
+    assert paused["done"] < paused["total"]
     proc.wait(timeout=60)
     recorded = len(json.loads(manifest.read_text())["parts"])
     assert not out.exists()

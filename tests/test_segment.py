@@ -1,12 +1,10 @@
 """tile-segment: grids, nodata, tiling invariance, seams, outputs, interruption."""
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from segunify_core.files.model_file import load_model
 from segunify_core.job.segment import SegmentOptions, segment_raster
 from segunify_core.job.tiling import WindowPlan
 from segunify_core.synthetic import make_blobs, write_geotiff
+from tests.helpers import interrupt_when_paused, paused_cli
 
 CLI = [sys.executable, "-m", "segunify_cli"]
 SAMPLES = ["rasterio/cogeo.tif", "rasterio/RGB.byte.tif", "rasterio/RGBA.byte.tif", "rasterio/world.rgb.tif",
@@ -155,30 +154,19 @@ def test_existing_output_needs_overwrite(model, tmp_path):
     assert (tmp_path / "out.tif").read_text() == "keep me"
 
 
-def _default_signals():
-    """Children of a background job inherit SIGINT as ignored; a user's terminal delivers it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_sigint_at_half_progress_leaves_nothing(tiny_model, tiny_weights, tmp_path):
     img, _ = make_blobs(1600, 1600, seed=8, cells=40)
     src = write_geotiff(tmp_path / "big.tif", img)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "out" / "classes.tif"
     out.parent.mkdir()
-    proc = subprocess.Popen(CLI + ["--progress", "json", "tile-segment", str(src), str(out), "--model", str(tiny_model),
-                                   "--backbone-weights", str(tiny_weights), "--window", "224", "--stride", "160",
-                                   "--batch-size", "1", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
-    interrupted_at = None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("phase") == "segment" and event["percent"] >= 50:
-            interrupted_at = event["percent"]
-            proc.send_signal(signal.SIGINT)
-            break
+    # held inside its progress callback at half of the windows, then interrupted there: no race
+    proc = paused_cli(["tile-segment", str(src), str(out), "--model", str(tiny_model), "--backbone-weights",
+                       str(tiny_weights), "--window", "224", "--stride", "160", "--batch-size", "1", "--device", "cpu"],
+                      "segment", 50)
+    paused = interrupt_when_paused(proc, signal.SIGINT)
     proc.wait(timeout=120)
-    assert interrupted_at is not None and interrupted_at < 100
+    assert 50 * paused["total"] <= 100 * paused["done"] < 100 * paused["total"]
     assert proc.returncode == 130
     assert "Interrupted" in proc.stderr.read()
     assert not out.exists() and os.listdir(out.parent) == [], "no partial output"
@@ -190,16 +178,11 @@ def test_sigterm_too(tiny_model, tiny_weights, tmp_path):
     src = write_geotiff(tmp_path / "big.tif", img)
     out = tmp_path / "out" / "classes.tif"
     out.parent.mkdir()
-    proc = subprocess.Popen(CLI + ["--progress", "json", "tile-segment", str(src), str(out), "--model", str(tiny_model),
-                                   "--backbone-weights", str(tiny_weights), "--batch-size", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if json.loads(line).get("phase") == "segment":
-            time.sleep(0.2)
-            proc.terminate()
-            break
+    proc = paused_cli(["tile-segment", str(src), str(out), "--model", str(tiny_model), "--backbone-weights",
+                       str(tiny_weights), "--batch-size", "1"], "segment", 0)
+    interrupt_when_paused(proc, signal.SIGTERM)
     proc.wait(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, proc.stderr.read()
     assert os.listdir(out.parent) == []
 
 
