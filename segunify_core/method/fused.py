@@ -7,13 +7,11 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from timm.models.vision_transformer import VisionTransformer
+from .registry import TimmViT
 
 log = logging.getLogger("segunify")
 
@@ -90,7 +88,7 @@ class FusedGraph:
 
 
 class FeatureGraph(nn.Module):
-    def __init__(self, model: VisionTransformer):
+    def __init__(self, model: TimmViT):
         super().__init__()
         self.model = model
 
