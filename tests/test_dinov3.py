@@ -122,6 +122,34 @@ def test_features_are_timms_patch_tokens_in_both_layouts(name, tmp_path):
         assert (other - expected[0]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["dinov3_vits16", "dinov2_vits14_reg"])
+def test_fused_graph_runs_layer_scaled_vits(name):
+    """The fused CPU graph folds the layer scales (DINOv2, DINOv3) into the linear layer before them,
+    on its own copy: float32 gives eager's features, bfloat16 (where the CPU runs it natively)
+    stays within cosine 0.995 of float32, and the shared ViT keeps its layer scales."""
+    from segunify_core.method.backbone import cpu_has_native_bf16
+
+    torch.manual_seed(0)
+    eager = create_backbone(name, pretrained=False, precision="fp32", fuse=False)
+    with torch.no_grad():
+        for key, param in eager.model.named_parameters():
+            if "gamma" in key:
+                param.uniform_(0.5, 1.0)
+    scales = {k: v.clone() for k, v in eager.model.named_parameters() if "gamma" in k}
+    p = eager.patch_size
+    x = torch.rand(2, 3, 6 * p, 5 * p) * 255
+    reference = eager(x)
+    fused = eager.with_settings(fuse=True)
+    torch.testing.assert_close(fused(x), reference, atol=2e-4, rtol=1e-4)
+    assert fused.fused_graphs == [(6 * p, 5 * p, 2)]
+    if cpu_has_native_bf16():
+        half = eager.with_settings(precision="bf16", fuse=True)
+        cosine = torch.nn.functional.cosine_similarity(half(x), reference, dim=1)
+        assert half.fused_graphs == [(6 * p, 5 * p, 2)] and cosine.min() >= 0.995
+    assert len(scales) == 2 * len(eager.model.blocks)
+    assert all(torch.equal(v, dict(eager.model.named_parameters())[k]) for k, v in scales.items())
+
+
 def test_non_zero_qkv_bias_is_refused_for_a_model_without_one(tmp_path):
     reference = random_timm("vit_small_patch16_dinov3")
     state = meta_layout(reference)

@@ -197,7 +197,7 @@ class Backbone(nn.Module):
         if key not in self._graphs:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             if dtype not in self._graph_models:  # one converted copy per precision, for all sizes
-                self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model).to(dtype)).eval()
+                self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model), dtype).eval()
             self._graphs[key] = FusedGraph.build(self._graph_models[dtype], chunk, dtype)
         return self._graphs[key]
 
