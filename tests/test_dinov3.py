@@ -212,7 +212,8 @@ def test_self_fit_train_cluster_and_evaluate_with_dinov3(dinov3_weights, tmp_pat
     """tile-segment self-fit; train on a fabricated Potsdam folder; tile-segment with the trained
     model on a local Dask cluster; evaluate: all on DINOv3 ViT-S/16. The model files record the
     backbone, the weights' SHA-256 and the normalisation; a mismatching backbone is refused."""
-    common = ["--backbone-weights", dinov3_weights, "--device", "cpu", "--quiet"]
+    # float32: eager, no fused graph to build per window size in each process (the graphs are tested above)
+    common = ["--backbone-weights", dinov3_weights, "--device", "cpu", "--precision", "fp32", "--quiet"]
     img, _ = make_blobs(144, 144, seed=4, cells=6)
     src = write_geotiff(tmp_path / "scene.tif", img)
     fitted = tmp_path / "fit.safetensors"
@@ -233,7 +234,7 @@ def test_self_fit_train_cluster_and_evaluate_with_dinov3(dinov3_weights, tmp_pat
         assert meta["normalization"] == registered_normalization("dinov3_vits16").to_metadata()
 
     _run(["tile-segment", src, tmp_path / "cluster.tif", "--model", trained, "--window", "64", "--stride", "48",
-          "--block", "80", "--cluster", "local:2", "--quiet"], timeout=900)  # the model names its weights file
+          "--block", "80", "--cluster", "local:2", "--precision", "fp32", "--quiet"], timeout=900)  # weights: recorded
     with rasterio.open(tmp_path / "cluster.tif") as ds:
         assert ds.read(1).shape == (144, 144) and ds.read(1).min() >= 1
     scores = json.loads(_run(["evaluate", trained, potsdam.parent, "--json"] + common[:-1]).stdout)
