@@ -24,11 +24,16 @@ def report(name: str, value: float, unit: str, target: str | None = None, ok: bo
 
 
 def vit_flops(backbone, size: int) -> float:
-    """FLOPs of one size x size window through the backbone (counted analytically; see run.py)."""
+    """FLOPs of one size x size window through the backbone (counted analytically; see run.py): every
+    linear layer of the blocks (2 N in out: qkv, projection, MLP or SwiGLU), QK^T and AV (2 x 2 N^2 C
+    per block), the patch embedding (2 N C 3 p^2)."""
+    import torch
+
     n = (size // backbone.patch_size) ** 2 + backbone.num_prefix_tokens
     c = backbone.feature_dim
-    depth = len(backbone.model.blocks)
-    return depth * 2 * (12 * n * c * c + 2 * n * n * c) + 2 * n * c * 3 * backbone.patch_size ** 2
+    blocks = backbone.model.blocks
+    linear = sum(m.in_features * m.out_features for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * n * linear + len(blocks) * 4 * n * n * c + 2 * n * c * 3 * backbone.patch_size ** 2
 
 
 def random_checkpoint(timm_name: str, folder: Path) -> Path:

@@ -27,6 +27,11 @@ machines do not compare across runs). Prints one JSON object per line.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
 `--family backbone` runs only item 1 (both backbones; about 3 minutes on 2 cores).
+`--family backbones` runs item 1's measure for every registered backbone (random weights, no
+file) at its default window (WINDOW rounded to a multiple of its patch size: 320 px for /8 and
+/16, 322 px for /14) with 2 windows and their mirrors per call, 3 rounds, and adds its cost per
+megapixel: seconds per window pass x 2 (flip averaging) x windows per megapixel at the default
+stride (1e6 / stride^2, stride rounded likewise), in model pixels (at the model's GSD).
 `--family scale` runs the Dask engine's figures instead (bench/scale.py: speed-up, halo,
 scheduler overhead, cold start, assembly share, peak RSS per worker). `--device cuda` runs the
 GPU figures instead (bench/gpu.py: end to end on an 8k raster, the backbone's share of the
@@ -83,34 +88,60 @@ def matmul(precision: str, n: int = 4096):
     return (lambda: torch.mm(a, b, out=c)), 2 * n ** 3
 
 
+def efficiency(backbone, window: int, windows: int, precision: str, rounds: int) -> dict:
+    """The backbone's FLOP rate on `windows` windows and their mirrors per call against the matrix
+    product's, timed in turn (see the docstring, item 1)."""
+    x = torch.rand(windows, 3, window, window) * 255
+    batch = torch.cat([x, x.flip(-1)])  # the pipeline's call: windows and their mirrors
+    product, product_flops = matmul(precision)
+    # the product repeated to do about the backbone call's FLOPs, so both see the same stretches of time
+    product_repeat = max(1, round(vit_flops(backbone, window) * len(batch) / product_flops))
+    backbone(batch)  # warm-up: graph build, first allocations
+    times = in_turn({"backbone": lambda: backbone(batch),
+                     "matmul": lambda: [product() for _ in range(product_repeat)]}, rounds)
+    flops = vit_flops(backbone, window) * len(batch)
+    # each round's backbone rate against the product rate measured right after it
+    pairs = zip(times["backbone"], times["matmul"], strict=True)
+    ratios = [(flops / b) / (product_flops * product_repeat / m) for b, m in pairs]
+    seconds = statistics.median(times["backbone"])
+    return {"ratio": statistics.median(ratios), "precision": precision, "batch": len(batch),
+            "execution": "fused oneDNN graph" if backbone.runs_fused else
+            ("eager, one window at a time" if backbone.precision == "fp32" else "eager under autocast"),
+            "gflops_per_window": round(vit_flops(backbone, window) / 1e9, 1),
+            "achieved_gflops": round(flops / seconds / 1e9, 1),
+            "matmul_gflops": round(product_flops * product_repeat / statistics.median(times["matmul"]) / 1e9, 1),
+            "seconds_per_window": seconds / len(batch), "round_ratios": [round(r, 3) for r in ratios]}
+
+
 def backbone_section(name: str, tmp: Path, windows: int, precision: str, rounds: int) -> float:
     """Returns the backbone's seconds per window (one forward pass)."""
     spec_model = create_backbone(name, pretrained=False)
     backbone = create_backbone(name, random_checkpoint(spec_model.spec.timm_name, tmp), precision=precision)
-    x = torch.rand(windows, 3, settings.WINDOW, settings.WINDOW) * 255
-    batch = torch.cat([x, x.flip(-1)])  # the pipeline's call: windows and their mirrors
-    product, product_flops = matmul(precision)
-    # the product repeated to do about the backbone call's FLOPs, so both see the same stretches of time
-    product_repeat = max(1, round(vit_flops(backbone, settings.WINDOW) * len(batch) / product_flops))
-    backbone(batch)  # warm-up: graph build, first allocations
-    times = in_turn({"backbone": lambda: backbone(batch),
-                     "matmul": lambda: [product() for _ in range(product_repeat)]}, rounds)
-    flops = vit_flops(backbone, settings.WINDOW) * len(batch)
-    # each round's backbone rate against the product rate measured right after it
-    pairs = zip(times["backbone"], times["matmul"], strict=True)
-    ratios = [(flops / b) / (product_flops * product_repeat / m) for b, m in pairs]
-    ratio = statistics.median(ratios)
-    seconds = statistics.median(times["backbone"])
-    achieved = flops / seconds
-    peak = product_flops * product_repeat / statistics.median(times["matmul"])
-    fused = backbone.runs_fused
+    result = efficiency(backbone, settings.WINDOW, windows, precision, rounds)
+    ratio, seconds = result.pop("ratio"), result.pop("seconds_per_window")
     report(f"backbone_efficiency_{name}", ratio, "fraction of matmul FLOP/s", target=f">= {TARGETS['efficiency']}",
-           ok=ratio >= TARGETS["efficiency"], precision=precision, batch=len(batch),
-           execution="fused oneDNN graph" if fused else "eager, one window at a time",
-           gflops_per_window=round(vit_flops(backbone, settings.WINDOW) / 1e9, 1), achieved_gflops=round(achieved / 1e9, 1),
-           matmul_gflops=round(peak / 1e9, 1), seconds_per_window=round(seconds / len(batch), 3),
-           round_ratios=[round(r, 3) for r in ratios])
-    return seconds / len(batch)
+           ok=ratio >= TARGETS["efficiency"], seconds_per_window=round(seconds, 3), **result)
+    return seconds
+
+
+def backbones_section(precision: str, windows: int = 2, rounds: int = 3) -> None:
+    """Every registered backbone at its default window: share of the matrix-product rate and seconds
+    per megapixel (random weights, no file; see the docstring)."""
+    from segunify_core.method.registry import BACKBONES
+
+    for name, spec in BACKBONES.items():
+        p = spec.patch_size
+        window, stride = round(settings.WINDOW / p) * p, round(settings.STRIDE / p) * p
+        started = time.perf_counter()
+        backbone = create_backbone(name, pretrained=False, precision=precision)
+        result = efficiency(backbone, window, windows, precision, rounds)
+        ratio, seconds = result.pop("ratio"), result.pop("seconds_per_window")
+        per_mp = seconds * 2 * 1e6 / stride ** 2  # window and mirror, per megapixel at the default stride
+        report(f"backbone_cost_{name}", round(per_mp, 2), "s per megapixel (model px, flip averaging)",
+               matmul_share=round(ratio, 3), window=window, stride=stride, patch=p, timm_name=spec.timm_name,
+               seconds_per_window=round(seconds, 3), bench_seconds=round(time.perf_counter() - started, 1),
+               **result)
+        del backbone
 
 
 def crf_section(seconds_per_window: float, name: str, windows: int) -> None:
@@ -250,9 +281,10 @@ def main() -> None:
                         help="as tile-segment's --precision (auto: bf16 on CPUs with native bfloat16)")
     parser.add_argument("--scaling-backbone", default="vit_tiny_patch16_224",
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
-    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "scale"],
-                        help="speed: the figures above; backbone: item 1 only; scale: the Dask engine's "
-                             "figures (bench/scale.py)")
+    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "backbones", "scale"],
+                        help="speed: the figures above; backbone: item 1 only; backbones: item 1 and the cost "
+                             "per megapixel of every registered backbone; scale: the Dask engine's figures "
+                             "(bench/scale.py)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU figures instead (bench/gpu.py: end to end on 8k, backbone share, memory)")
     parser.add_argument("--dry-run", action="store_true",
@@ -275,6 +307,9 @@ def main() -> None:
         scale.run([1024, 2048, 4096] if args.quick else [4096, 8192, 16384], 2048 if args.quick else 4096)
         return
     precision = choose_precision(args.precision, torch.device("cpu"))
+    if args.family == "backbones":
+        backbones_section(precision)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -21,10 +21,11 @@ from segunify_core.files.raster_io import parse_bands
 
 backbone_option = click.option(
     "--backbone", default=settings.BACKBONE, show_default=True,
-    help=f"Backbone: {', '.join(settings.BACKBONE_NAMES)} or any timm ViT name (see `segunify backbones`).")
+    help=f"Backbone: {', '.join(settings.BACKBONE_NAMES)} or any timm ViT or Eva name (see `segunify backbones`); "
+         "with --backbone-weights, the variant the file holds (it decides the input normalisation).")
 backbone_weights_option = click.option(
     "--backbone-weights", type=click.Path(dir_okay=False), default=None,
-    help="Local backbone checkpoint (official DINO .pth or timm .safetensors/.pth) instead of "
+    help="Local backbone checkpoint (official DINO/DINOv2/DINOv3 .pth or timm .safetensors/.pth) instead of "
          "timm's hub download.")
 crf_option = click.option("--crf", type=click.Choice(settings.CRF_BACKENDS), default=settings.CRF, show_default=True,
                           help="Dense CRF refinement; auto prefers pydensecrf, else the torch backend.")

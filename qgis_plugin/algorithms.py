@@ -44,10 +44,12 @@ SPEED_NOTE = ("Speed: on a 2-core CPU the default backbone (DINO ViT-S/8) with f
               "in float32 on other CPUs (2 to 11 minutes for a 4000 x 4000 px orthophoto); a CUDA GPU is tens of "
               "times faster. The CRF adds 0.1-0.4 s per 320 px window.")
 BACKBONE_HELP = (f"Backbone is {settings.BACKBONE} (default), "
-                 f"{', '.join(n for n in settings.BACKBONE_NAMES if n != settings.BACKBONE)} or any timm ViT name. "
-                 "Backbone weights file: a local checkpoint (official DINO .pth or timm .safetensors/.pth) for "
-                 "machines without internet; empty downloads the weights once. Device: auto uses a CUDA GPU when "
-                 "PyTorch sees one.")
+                 f"{', '.join(n for n in settings.BACKBONE_NAMES if n != settings.BACKBONE)} (the list), or any "
+                 "timm ViT or Eva name from the command line. DINOv3 weights are under the DINOv3 License (accept "
+                 "it to download them); dinov3_vitl16_sat was trained on satellite images. "
+                 "Backbone weights file: a local checkpoint (official DINO/DINOv2/DINOv3 .pth or timm "
+                 ".safetensors/.pth, of the backbone chosen) for machines without internet; empty downloads the "
+                 "weights once. Device: auto uses a CUDA GPU when PyTorch sees one.")
 
 OUTPUT_SUFFIX = "_segunify"  # Segment's default output: <input name>_segunify.tif beside the input
 
@@ -191,7 +193,9 @@ class _Base(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
     def _backbone_params(self):
-        self.addParameter(_advanced(QgsProcessingParameterString("BACKBONE", "Backbone", defaultValue=settings.BACKBONE)))
+        backbone = QgsProcessingParameterString("BACKBONE", "Backbone", defaultValue=settings.BACKBONE)
+        backbone.setMetadata({"widget_wrapper": {"value_hints": list(settings.BACKBONE_NAMES)}})  # the registry's names
+        self.addParameter(_advanced(backbone))
         self.addParameter(_advanced(QgsProcessingParameterFile("BACKBONE_WEIGHTS", "Backbone weights file (offline)",
                                                                optional=True)))
         self.addParameter(_advanced(QgsProcessingParameterEnum("DEVICE", "Device", options=list(settings.DEVICES),

@@ -16,16 +16,29 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+DINOV3_LICENCE = "DINOv3 License"  # must be accepted to download the weights; SegUnify never redistributes them
 # Backbones: the short names users know from the DINO papers -> timm's published copy of the weights,
-# patch size, feature channels, description. backbone.BACKBONES is built from these rows; any timm
-# ViT name is accepted too.
+# patch size, feature channels, description, licence of the weights. registry.BACKBONES is built from
+# these rows; any timm ViT or Eva name is accepted too. The normalisation (mean, std) is the one of the
+# weights' pretrained config in timm (the part of the timm name after the dot names the weights).
 BACKBONES = (
-    ("dino_vits8", "vit_small_patch8_224.dino", 8, 384, "DINO ViT-S/8 (default)"),
-    ("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16"),
-    ("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, "DINO ViT-B/8 (Potsdam reference)"),
-    ("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, "DINO ViT-B/16"),
-    ("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14"),
-    ("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14"),
+    ("dino_vits8", "vit_small_patch8_224.dino", 8, 384, "DINO ViT-S/8 (default)", "Apache-2.0"),
+    ("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "DINO ViT-S/16", "Apache-2.0"),
+    ("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, "DINO ViT-B/8 (Potsdam reference)", "Apache-2.0"),
+    ("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, "DINO ViT-B/16", "Apache-2.0"),
+    ("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14", "Apache-2.0"),
+    ("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14", "Apache-2.0"),
+    ("dinov2_vits14_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 384, "DINOv2 ViT-S/14, 4 registers",
+     "Apache-2.0"),
+    ("dinov2_vitb14_reg", "vit_base_patch14_reg4_dinov2.lvd142m", 14, 768, "DINOv2 ViT-B/14, 4 registers",
+     "Apache-2.0"),
+    ("dinov3_vits16", "vit_small_patch16_dinov3.lvd1689m", 16, 384, "DINOv3 ViT-S/16 (web images)", DINOV3_LICENCE),
+    ("dinov3_vits16plus", "vit_small_plus_patch16_dinov3.lvd1689m", 16, 384, "DINOv3 ViT-S+/16 (web images)",
+     DINOV3_LICENCE),
+    ("dinov3_vitb16", "vit_base_patch16_dinov3.lvd1689m", 16, 768, "DINOv3 ViT-B/16 (web images)", DINOV3_LICENCE),
+    ("dinov3_vitl16", "vit_large_patch16_dinov3.lvd1689m", 16, 1024, "DINOv3 ViT-L/16 (web images)", DINOV3_LICENCE),
+    ("dinov3_vitl16_sat", "vit_large_patch16_dinov3.sat493m", 16, 1024, "DINOv3 ViT-L/16 (satellite images, "
+     "SAT-493M)", DINOV3_LICENCE),
 )
 BACKBONE = "dino_vits8"
 BACKBONE_NAMES = tuple(row[0] for row in BACKBONES)

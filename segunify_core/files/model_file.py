@@ -4,7 +4,10 @@ A model file is one safetensors file: the Compressor and Labeler tensors, and JS
 (format version, backbone, hyper-parameters, bands, GSD, training data summary). The backbone is
 not stored: it is frozen and named, and comes from timm's hub or a local checkpoint. A model
 trained on a local checkpoint records its path and SHA-256 ("backbone_weights"); loading uses
-that file when no other is given, and refuses weights with another hash. The training state
+that file when no other is given, and refuses weights with another hash. It also records the
+input normalisation the backbone applied ("normalization": mean and std; files without it were
+trained with ImageNet's), and a model refuses a backbone whose normalisation, patch size or
+channels differ from those it was trained with. The training state
 (`training.trainer`) uses the same container (`write_safetensors` / `read_safetensors`).
 """
 
@@ -23,11 +26,13 @@ from ..method.backbone import Backbone, create_backbone
 from ..method.checkpoints import WeightsFile
 from ..method.legend import Legend
 from ..method.model import ModelConfig, SegUnifyModel
+from ..method.registry import IMAGENET, Normalization
 from .atomic import atomic_path
 
 FORMAT_NAME = "segunify-model"
 FORMAT_VERSION = 1
 WEIGHTS_KEY = "backbone_weights"  # metadata: {"path", "sha256"} of the local backbone checkpoint
+NORMALIZATION_KEY = "normalization"  # metadata: {"mean", "std"} the backbone's input was normalised with
 META_KEY = "segunify"  # the safetensors header entry holding the JSON metadata
 # Config keys renamed since files were first written: old key -> current field (read, never written).
 RENAMED_CONFIG_KEYS = {"feature_width": "feature_dim"}
@@ -45,6 +50,8 @@ def save_model(model: SegUnifyModel, path: str | Path, extra: dict[str, Any] | N
     }
     if model.backbone is not None and model.backbone.weights is not None:
         meta[WEIGHTS_KEY] = model.backbone.weights.to_metadata()
+    if model.backbone is not None:
+        meta[NORMALIZATION_KEY] = model.backbone.normalization.to_metadata()
     if model.legend.to_metadata() is not None:
         meta["legend"] = model.legend.to_metadata()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}
@@ -110,6 +117,10 @@ def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)
                                      and isinstance(recorded.get("sha256"), str)):
         raise SegUnifyError(f"Model file '{path}' has a damaged backbone weights record; retrain or copy it again.")
+    try:
+        recorded_normalization(meta)
+    except ValueError:
+        raise SegUnifyError(f"Model file '{path}' has a damaged normalisation record; retrain or copy it again.") from None
     if version > FORMAT_VERSION:
         raise SegUnifyError(f"Model file '{path}' has format version {version}, newer than this "
                             f"SegUnify reads ({FORMAT_VERSION}); upgrade SegUnify.")
@@ -120,6 +131,26 @@ def recorded_weights(meta: dict[str, Any]) -> WeightsFile | None:
     """The local backbone checkpoint a model file records (None: hub or unrecorded weights)."""
     record = meta.get(WEIGHTS_KEY)
     return WeightsFile(record["path"], record["sha256"]) if record else None
+
+
+def recorded_normalization(meta: dict[str, Any]) -> Normalization:
+    """The input normalisation a model file records; files written before it was recorded were
+    all trained with ImageNet's mean and std."""
+    record = meta.get(NORMALIZATION_KEY)
+    return IMAGENET if record is None else Normalization.from_metadata(record)
+
+
+def check_backbone(path: str | Path, config: ModelConfig, normalization: Normalization, backbone: Backbone) -> None:
+    """Refuse a backbone whose input normalisation, patch size or channels differ from the model's."""
+    trained = (normalization, config.patch_size, config.feature_dim)
+    given = (backbone.normalization, backbone.patch_size, backbone.feature_dim)
+    if trained != given:
+        raise SegUnifyError(
+            f"Model '{path}' was trained on backbone '{config.backbone}' (patch {config.patch_size}, "
+            f"{config.feature_dim} channels, {normalization.describe()}) but the backbone given "
+            f"('{backbone.spec.name}') has patch {backbone.patch_size}, {backbone.feature_dim} channels, "
+            f"{backbone.normalization.describe()}; give the backbone and weights file the model was trained "
+            "with (--backbone-weights).")
 
 
 def _backbone_weights(path: Path, recorded: WeightsFile | None, given: str | Path | None,
@@ -154,20 +185,19 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
                fuse: bool | str = "auto") -> SegUnifyModel:
     """Load a model file and attach its backbone: the one given, or one built (with `precision`
     and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.
-    Weights whose SHA-256 differs from the recorded checkpoint's are refused."""
+    Weights whose SHA-256 differs from the recorded checkpoint's are refused, and so is a backbone
+    whose normalisation, patch size or channels differ from the model's. A backbone built here
+    normalises as the model records (ImageNet for files without the record, as they were trained)."""
     meta, tensors = read_model_file(path)
     config = model_config(meta["config"])
     recorded = recorded_weights(meta)
+    normalization = recorded_normalization(meta)
     if backbone is None:
         weights = _backbone_weights(Path(path), recorded, backbone_weights, pretrained)
-        backbone = create_backbone(config.backbone, weights, pretrained=pretrained, precision=precision, fuse=fuse)
+        backbone = create_backbone(config.backbone, weights, pretrained=pretrained, precision=precision, fuse=fuse,
+                                   normalization=normalization)
     check_weights(path, recorded, backbone.weights)  # after loading: weights of another shape say so first
-    if backbone.feature_dim != config.feature_dim or backbone.patch_size != config.patch_size:
-        raise SegUnifyError(
-            f"Model '{path}' was trained on backbone '{config.backbone}' ({config.feature_dim} feature "
-            f"channels, patch {config.patch_size}) but the backbone given has {backbone.feature_dim}, patch "
-            f"{backbone.patch_size}; choose that backbone's weights file (--backbone-weights)."
-        )
+    check_backbone(path, config, normalization, backbone)
     model = SegUnifyModel(config, backbone)
     try:
         model.load_state_dict({f"{k}": v for k, v in tensors.items()}, strict=False)
@@ -178,7 +208,7 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
         raise SegUnifyError(f"Model file '{path}' is damaged (its tensors do not match its "
                             "configuration); retrain or copy it again.") from None
     model.metadata = {k: v for k, v in meta.items()
-                      if k not in ("format", "format_version", "config", "legend", WEIGHTS_KEY)}
+                      if k not in ("format", "format_version", "config", "legend", WEIGHTS_KEY, NORMALIZATION_KEY)}
     model.legend = Legend.from_metadata(meta.get("legend"), config.n_clusters)
     return model.eval()
 

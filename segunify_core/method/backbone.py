@@ -1,7 +1,10 @@
-"""The frozen ViT backbone: ImageNet-normalised RGB (B, 3, H, W) to the last block's patch tokens
-after the final norm, as a (B, C, H/p, W/p) grid, in the chosen precision. It is frozen and always
-in eval mode. Names come from `registry`, local weights files from `checkpoints`, the fused CPU
-graph from `fused`.
+"""The frozen ViT backbone: RGB (B, 3, H, W), normalised as its weights were trained (`Normalization`:
+ImageNet's mean and std for DINO/DINOv2, the satellite statistics for DINOv3 SAT-493M), to the last
+block's patch tokens after the final norm, without the class and register tokens, as a
+(B, C, H/p, W/p) grid, in the chosen precision. timm's VisionTransformer (DINO, DINOv2) and Eva
+(DINOv3: RoPE positions computed for each window's grid) run alike. It is frozen and always in eval
+mode. Names come from `registry`, local weights files from `checkpoints`, the fused CPU graph from
+`fused`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import ctypes
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,13 +24,8 @@ from ..errors import SegUnifyError
 from . import registry
 from .checkpoints import WeightsFile, load_weights
 from .fused import FUSED_BATCH, FeatureGraph, FusedGraph
-from .registry import DEFAULT_BACKBONE, BackboneSpec, patch_size
+from .registry import DEFAULT_BACKBONE, BackboneSpec, Normalization, TimmViT, normalization_of, patch_size
 
-if TYPE_CHECKING:
-    from timm.models.vision_transformer import VisionTransformer
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RUN_PRECISIONS = ("fp32", "bf16", "fp16")  # what settings.PRECISIONS resolve to; fp16 only on GPUs without bf16
 FUSE_CHOICES = ("auto", True, False)
 
@@ -58,14 +55,16 @@ class Backbone(nn.Module):
     move (`.to(device)`). fuse (CPU execution, see `_fused`): "auto"
     fuses the bfloat16 graph and runs float32 eagerly; True/False force the fused graph on or off.
     weights: the local checkpoint the ViT was loaded from (None: hub or random weights).
+    normalization: the input's mean and std (None: those of the weights' pretrained config).
     The settings are fixed at construction; `with_settings` gives a backbone with others.
     """
 
-    mean: torch.Tensor  # buffers: ImageNet normalisation
+    mean: torch.Tensor  # buffers: the normalisation's mean and std
     std: torch.Tensor
 
-    def __init__(self, spec: BackboneSpec, model: VisionTransformer, precision: str = settings.PRECISION,
-                 fuse: bool | str = "auto", weights: WeightsFile | None = None):
+    def __init__(self, spec: BackboneSpec, model: TimmViT, precision: str = settings.PRECISION,
+                 fuse: bool | str = "auto", weights: WeightsFile | None = None,
+                 normalization: Normalization | None = None):
         super().__init__()
         if precision not in RUN_PRECISIONS and precision not in settings.PRECISIONS:
             choices = dict.fromkeys(settings.PRECISIONS + RUN_PRECISIONS)
@@ -77,9 +76,10 @@ class Backbone(nn.Module):
         self._precision, self._fuse, self._weights = precision, fuse, weights
         self.patch_size = patch_size(model)
         self.feature_dim = int(model.num_features)
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))  # class + register tokens
+        self.normalization = normalization or normalization_of(model)
+        self.register_buffer("mean", torch.tensor(self.normalization.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.normalization.std).view(1, 3, 1, 1), persistent=False)
         self._graphs: dict[tuple[str, int, int, int], FusedGraph | None] = {}
         self._graph_models: dict[torch.dtype, nn.Module] = {}
         for param in self.model.parameters():
@@ -109,7 +109,8 @@ class Backbone(nn.Module):
         requested = precision or self._precision
         if requested == self._precision and (self.fuse if fuse is None else fuse) == self.fuse:
             return self
-        other = Backbone(self.spec, self.model, requested, self.fuse if fuse is None else fuse, self.weights)
+        other = Backbone(self.spec, self.model, requested, self.fuse if fuse is None else fuse, self.weights,
+                         self.normalization)
         return other.to(self.mean.device)
 
     def train(self, mode: bool = True) -> Backbone:
@@ -132,7 +133,7 @@ class Backbone(nn.Module):
         return sum(g.rows for g in self._graphs.values() if g is not None)
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
-        """uint8-range RGB (0..255, float or uint8) to ImageNet-normalised floats."""
+        """uint8-range RGB (0..255, float or uint8) to floats normalised as the weights expect."""
         return (rgb.float() / 255.0 - self.mean) / self.std
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
@@ -196,19 +197,21 @@ class Backbone(nn.Module):
         if key not in self._graphs:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             if dtype not in self._graph_models:  # one converted copy per precision, for all sizes
-                self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model).to(dtype)).eval()
+                self._graph_models[dtype] = FeatureGraph(copy.deepcopy(self.model), dtype).eval()
             self._graphs[key] = FusedGraph.build(self._graph_models[dtype], chunk, dtype)
         return self._graphs[key]
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsFile | None = None,
-                    pretrained: bool = True, precision: str = settings.PRECISION, fuse: bool | str = "auto") -> Backbone:
+                    pretrained: bool = True, precision: str = settings.PRECISION, fuse: bool | str = "auto",
+                    normalization: Normalization | None = None) -> Backbone:
     """Build a frozen backbone by short name or timm name.
 
-    weights: a local checkpoint (official DINO/DINOv2 layout or timm .safetensors/.pth), or its
+    weights: a local checkpoint (official DINO/DINOv2/DINOv3 layout or timm .safetensors/.pth), or its
     `WeightsFile` when already hashed. Without it and with pretrained=True the weights come from
     timm's hub download (cached). pretrained=False gives random weights (tests and benchmarks).
-    precision and fuse: see `Backbone`.
+    The input is normalised with the pretrained config of the named weights (a local file is taken
+    to be those weights), or with `normalization` when given. precision and fuse: see `Backbone`.
     """
     spec = registry.resolve_backbone(name)
     record = None
@@ -225,11 +228,11 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | WeightsF
             raise SegUnifyError(
                 f"Could not download the weights of backbone '{spec.name}' ({type(exc).__name__}); "
                 "on a machine without internet give a local checkpoint as the backbone weights file (--backbone-weights) "
-                "(official DINO .pth or timm .safetensors/.pth)."
+                "(official DINO/DINOv2/DINOv3 .pth or timm .safetensors/.pth)."
             ) from None
     else:
         model = registry.create_timm(spec.timm_name, pretrained=False)
-    return Backbone(spec, model, precision, fuse, record)
+    return Backbone(spec, model, precision, fuse, record, normalization)
 
 
 @functools.cache

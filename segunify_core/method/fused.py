@@ -7,13 +7,11 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from timm.models.vision_transformer import VisionTransformer
+from .registry import TimmViT
 
 log = logging.getLogger("segunify")
 
@@ -90,9 +88,40 @@ class FusedGraph:
 
 
 class FeatureGraph(nn.Module):
-    def __init__(self, model: VisionTransformer):
+    """The graph's own copy of the ViT, in `dtype`, with its layer scales folded into the linear
+    layer before them (see `fold_layer_scales`)."""
+
+    def __init__(self, model: TimmViT, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = model
+        fold_layer_scales(model)
+        self.model = model.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
+
+
+@torch.no_grad()
+def fold_layer_scales(model: TimmViT) -> None:
+    """Fold each block's layer scale (x * gamma after attention and MLP: DINOv2, DINOv3) into the
+    rows of the linear layer that ends the branch (attn.proj, mlp.fc2), in place, on the graph's
+    own copy: the same function, and the oneDNN fused graph fails to run on the separate
+    multiplication (RuntimeError vector::_M_range_check, torch 2.9), which left DINOv2 and DINOv3
+    eager. Blocks of other shapes are left as they are."""
+    for block in getattr(model, "blocks", []):
+        attn_proj = getattr(getattr(block, "attn", None), "proj", None)
+        mlp_fc2 = getattr(getattr(block, "mlp", None), "fc2", None)
+        for scale_name, linear in (("1", attn_proj), ("2", mlp_fc2)):
+            if not isinstance(linear, nn.Linear):
+                continue
+            eva_gamma = getattr(block, f"gamma_{scale_name}", None)  # Eva: a parameter of the block
+            vit_scale = getattr(block, f"ls{scale_name}", None)  # VisionTransformer: a LayerScale module
+            gamma = eva_gamma if isinstance(eva_gamma, torch.Tensor) else getattr(vit_scale, "gamma", None)
+            if not isinstance(gamma, torch.Tensor) or gamma.shape != (linear.out_features,):
+                continue
+            linear.weight.mul_(gamma[:, None])
+            if linear.bias is not None:
+                linear.bias.mul_(gamma)
+            if isinstance(eva_gamma, torch.Tensor):
+                setattr(block, f"gamma_{scale_name}", None)
+            else:
+                setattr(block, f"ls{scale_name}", nn.Identity())

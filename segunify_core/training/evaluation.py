@@ -18,6 +18,7 @@ from ..device import api_device
 from ..errors import SegUnifyError
 from ..method.inference import codes_from_features, pad_to_patch, predict_labels
 from ..method.model import SegUnifyModel
+from ..method.registry import IMAGENET
 from ..progress import Progress
 from .datasets import (
     EvalSample,
@@ -211,10 +212,12 @@ class Validator:
             padded, _ = pad_to_patch(torch.from_numpy(np.ascontiguousarray(sample.rgb))[None], patch)
             return padded[0].numpy()
 
-        key = hashlib.sha256(json.dumps({
-            "validation": data.description, "backbone": backbone.spec.timm_name, "patch": patch,
-            "weights": str(Path(backbone_weights).resolve()) if backbone_weights else "hub",
-            "precision": backbone.precision}, sort_keys=True).encode()).hexdigest()[:24]
+        identity = {"validation": data.description, "backbone": backbone.spec.timm_name, "patch": patch,
+                    "weights": str(Path(backbone_weights).resolve()) if backbone_weights else "hub",
+                    "precision": backbone.precision}
+        if backbone.normalization != IMAGENET:  # keeps the keys of existing ImageNet-normalised caches
+            identity["normalization"] = backbone.normalization.to_metadata()
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
         folder = Path(cache_dir) / f"val-{key}"
         self.cache = build_cache(folder, data.count, read, self.size, backbone, flip=True, device=device,
                                  progress=progress, phase="validation features")

@@ -15,6 +15,7 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ..errors import SegUnifyError
 from ..files.atomic import atomic_path
 from ..method.backbone import Backbone
 from ..method.inference import window_features
+from ..method.registry import IMAGENET, Normalization
 from ..progress import Progress
 from .datasets import RESIZE_MODES, TrainingImage, TrainWindow, TrainWindowReader
 
@@ -58,6 +60,8 @@ def cache_key(images: Sequence[TrainingImage], windows: Sequence[TrainWindow], w
     }
     if resize != "bilinear":  # keeps the keys of existing bilinear caches
         payload["resize"] = resize
+    if backbone.normalization != IMAGENET:  # keeps the keys of existing ImageNet-normalised caches
+        payload["normalization"] = backbone.normalization.to_metadata()
     h.update(json.dumps(payload, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -140,14 +144,16 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
 SHARD_WINDOWS = 64  # windows per shard: a multiple of the backbone batch, seconds to minutes of work
 
 @functools.lru_cache(maxsize=1)  # a worker process computes many shards of one job with one backbone
-def _worker_backbone(name: str, weights: str | None, precision: str, device: str, fuse: bool | str) -> Backbone:
+def _worker_backbone(name: str, weights: str | None, precision: str, device: str, fuse: bool | str,
+                     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Backbone:
     from ..method.backbone import create_backbone
 
-    return create_backbone(name, weights, precision=precision, fuse=fuse).to(torch.device(device))
+    norm = Normalization.of(*normalization) if normalization else None
+    return create_backbone(name, weights, precision=precision, fuse=fuse, normalization=norm).to(torch.device(device))
 
 
 def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                  bands: Sequence[int] | None, backbone: tuple[str, str | None, str, str, bool | str], flip: bool,
+                  bands: Sequence[int] | None, backbone: tuple[Any, ...], flip: bool,
                   batch_size: int = 16, resize: str = RESIZE_MODES[0]) -> str:
     """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
     from ..files.manifest import file_sha256
@@ -198,7 +204,7 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
     files = {s: shards_dir / f"shard-{s:08d}.npy" for s in starts}
     todo = [s for s in starts if not manifest.has(str(s), {"features": files[s]})]
     spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device,
-            backbone.fuse)
+            backbone.fuse, (backbone.normalization.mean, backbone.normalization.std))
     resources = {"GPU": 1} if device == "cuda" else None
     futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + SHARD_WINDOWS], window, bands,
                              spec, flip, resize=resize, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
