@@ -5,13 +5,17 @@ once, and the worker set-up (torch threads, allocator). The driver (`engines.py`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import torch
 
 from ..errors import SegUnifyError
+from ..files.remote import download, is_object_store
 from .parts import run_part
 from .planning import Part
 from .spec import JobSpec, RunFacts
@@ -43,8 +47,14 @@ def _load_worker_model(job_json: str, facts: RunFacts):
     job = JobSpec.from_json(job_json)
     device = torch.device(facts.device)
     assert facts.model_file is not None  # checked by worker_model
-    model = load_model(facts.model_file, backbone_weights=facts.backbone_weights,
-                       precision=choose_precision(facts.precision, device), fuse=facts.fuse)
+    model_file = facts.model_file
+    with contextlib.ExitStack() as stack:
+        if is_object_store(model_file):  # the job folder is in an object store: fetch the model once
+            local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segunify-model-"))) / "model.safetensors"
+            download(model_file, local)
+            model_file = str(local)
+        model = load_model(model_file, backbone_weights=facts.backbone_weights,
+                           precision=choose_precision(facts.precision, device), fuse=facts.fuse)
     # A Dask worker is a daemon process and may not start the CRF's own worker processes.
     return model.to(device).eval(), make_crf(job.crf, workers=1)
 

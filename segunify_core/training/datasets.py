@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from .. import settings
 from ..errors import SegUnifyError
 from ..files.raster_io import IMAGE_SUFFIXES, RasterReader, list_images
+from ..files.remote import Location, is_url
 
 POTSDAM_SPLITS = {  # settings.POTSDAM_SPLITS -> the list files each reads
     "test": ("labelled_test.txt",),
@@ -143,12 +144,12 @@ def potsdam_labels(root: Path, image_id: str, coarse: bool = True) -> np.ndarray
 class TrainingImage:
     """A training image opened on demand: a raster file or a Potsdam .mat."""
 
-    path: Path
+    path: Location  # a local path, or a URL (https://, s3://)
     potsdam_id: str | None = None
 
     def open(self, bands: Sequence[int] | None) -> ArrayImage | RasterReader:
         if self.potsdam_id is not None:
-            return ArrayImage(potsdam_image(self.path, self.potsdam_id), self.potsdam_id)
+            return ArrayImage(potsdam_image(Path(self.path), self.potsdam_id), self.potsdam_id)
         return RasterReader.open(self.path, bands)
 
     @property
@@ -161,9 +162,11 @@ class TrainingImage:
         return image_key(self.path, self.potsdam_id)
 
 
-def image_key(path: Path, potsdam_id: str | None = None) -> str:
-    """'potsdam:ID' for a Potsdam image (ids are unique over the data set), else the resolved path."""
-    return f"potsdam:{potsdam_id}" if potsdam_id is not None else f"file:{Path(path).resolve()}"
+def image_key(path: Location, potsdam_id: str | None = None) -> str:
+    """'potsdam:ID' for a Potsdam image (ids are unique over the data set), else the resolved path (a URL as given)."""
+    if potsdam_id is not None:
+        return f"potsdam:{potsdam_id}"
+    return f"file:{path}" if is_url(str(path)) else f"file:{Path(path).resolve()}"
 
 
 def training_images(data: Sequence[str | Path], potsdam_split: str = settings.POTSDAM_TRAIN_SPLIT,
@@ -173,7 +176,7 @@ def training_images(data: Sequence[str | Path], potsdam_split: str = settings.PO
     images: list[TrainingImage] = []
     plain: list[str | Path] = []
     for entry in data:
-        root = potsdam_root(entry)
+        root = None if is_url(str(entry)) else potsdam_root(entry)
         if root is not None:
             images.extend(TrainingImage(root, i) for i in potsdam_ids(root, potsdam_split))
         else:
