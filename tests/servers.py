@@ -103,7 +103,7 @@ def nginx(root: Path, tmp: Path) -> Iterator[HttpServer]:
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, root=root, port=port, user=user))
     proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # errors: error.log
     try:
         _wait_listening(port, proc, "nginx")
         yield HttpServer(f"http://127.0.0.1:{port}", root, tmp / "access.log")
@@ -142,8 +142,9 @@ def moto_server(tmp: Path) -> Iterator[S3Server]:
     except ImportError:
         missing('moto[server] and s3fs are not installed: pip install "segunify[dev,cloud]"')
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "moto.log", "w"))  # noqa: SIM115
+    with open(tmp / "moto.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         _wait_listening(port, proc, "moto_server")
         endpoint = f"http://127.0.0.1:{port}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from rasterio.windows import Window
 
 from segunify_core.errors import SegUnifyError
@@ -88,12 +89,13 @@ def test_http_and_s3_inputs_give_the_local_output_pixel_for_pixel(model, http, s
     src = samples / "rasterio" / "cogeo.tif"
     bucket = s3.bucket("equal")
     s3.fs().put_file(str(src), f"{bucket}/ortho/cogeo.tif")
-    segment_raster(src, tmp_path / "local.tif", model, opts())
+    options = opts(stride=224, native_resolution=True)  # 25 windows in 4 parts: quick, blended across parts
+    segment_raster(src, tmp_path / "local.tif", model, options)
     mark = http.mark()
-    segment_raster(f"{http.url}/rasterio/cogeo.tif", tmp_path / "http.tif", model, opts())
+    segment_raster(f"{http.url}/rasterio/cogeo.tif", tmp_path / "http.tif", model, options)
     requests = http.requests_since(mark)
     out = f"s3://{bucket}/out/cogeo_classes.tif"
-    segment_raster(f"s3://{bucket}/ortho/cogeo.tif", out, model, opts())
+    segment_raster(f"s3://{bucket}/ortho/cogeo.tif", out, model, options)
     (a, pa), (b, pb), (c, pc) = read(tmp_path / "local.tif"), read(tmp_path / "http.tif"), read(out)
     assert np.array_equal(a, b) and np.array_equal(a, c), "the same labels from a URL as from the file"
     assert a.max() > 1, "a real segmentation, not an empty raster"
@@ -106,11 +108,11 @@ def test_http_and_s3_inputs_give_the_local_output_pixel_for_pixel(model, http, s
 
 
 def test_a_1mp_window_of_a_large_cog_fetches_its_blocks_not_the_file(http, tmp_path):
-    """Bytes counted by the server (nginx's log) for one 1024 x 1024 window of a 6144 x 6144 COG."""
+    """Bytes counted by the server (nginx's log) for one 1024 x 1024 window of a 4096 x 4096 COG."""
     rng = np.random.default_rng(0)
-    side, tile = 6144, 512
+    side, tile = 4096, 512
     base = (rng.integers(0, 16, (3, side // 8, side // 8), dtype=np.uint8) * 16).repeat(8, 1).repeat(8, 2)
-    data = base + rng.integers(0, 8, base.shape, dtype=np.uint8)
+    data = base + rng.integers(0, 2, base.shape, dtype=np.uint8)  # compresses about 4:1, as imagery does
     plain = write_geotiff(tmp_path / "plain.tif", data)
     big = http.root / "big.tif"
     rasterio.shutil.copy(plain, big, driver="COG", BLOCKSIZE=tile, COMPRESS="DEFLATE")
@@ -129,7 +131,7 @@ def test_a_1mp_window_of_a_large_cog_fetches_its_blocks_not_the_file(http, tmp_p
           f"for {len(rows) * len(cols)} blocks of {blocks / 1e6:.3f} MB compressed ({fetched / blocks:.2f} x), "
           f"{100 * fetched / size:.1f} % of the file")
     assert blocks <= fetched <= blocks + 256 * 1024, "the window's compressed blocks plus the header"
-    assert fetched < size / 10
+    assert fetched < size / 4, "9 of the 64 full-resolution blocks, no overview"
 
 
 def test_cluster_job_over_http_into_s3_killed_and_resumed_ends_as_the_local_run(model, tiny_model, tiny_weights,

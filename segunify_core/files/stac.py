@@ -81,12 +81,22 @@ def item_raster(path: str, asset: str | None = None) -> StacRaster:
     try:
         item = pystac.Item.from_file(path)
     except Exception:
+        if _is_collection(path):
+            raise SegUnifyError(f"'{path}' is a STAC item collection, not an item; segment its items with "
+                                "`segunify batch`.") from None
         obj = _read(path)
         if not isinstance(obj, pystac.Item):
-            raise SegUnifyError(f"'{path}' is a STAC {type(obj).__name__}, not an item; segment it with "
-                                "`segunify batch`.") from None
+            raise SegUnifyError(f"'{path}' is a STAC {type(obj).__name__}, not an item; pass one item.") from None
         item = obj
     return StacRaster(item.id, choose_asset(item, asset))
+
+
+def _is_collection(path: str) -> bool:
+    try:
+        _pystac().ItemCollection.from_file(path)
+    except Exception:
+        return False
+    return True
 
 
 def collection_rasters(path: str, asset: str | None = None) -> list[StacRaster]:
