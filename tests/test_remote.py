@@ -161,6 +161,19 @@ def test_cluster_job_over_http_into_s3_killed_and_resumed_ends_as_the_local_run(
                                "results/small_classes.tif.aux.xml"], "no stray objects"
 
 
+def test_cancelled_run_into_a_bucket_leaves_nothing_there(model, s3, small):
+    """Ctrl-C (or the plugin's Cancel) halfway through a run whose output and job folder are in the bucket."""
+    bucket = s3.bucket("cancel")
+
+    def cancel(phase, done, total, stats=None):
+        if phase == "segment" and 0 < done < total:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_raster(small, f"s3://{bucket}/out.tif", model, opts(block=160), progress=cancel)
+    assert s3.keys(bucket) == [], "no part, manifest or output object left"
+
+
 def test_stac_collection_in_bucket_out(tiny_model, tiny_weights, model, http, s3, small, tmp_path):
     """`segunify batch` on a saved STAC search (ItemCollection): each item's visual asset, read over
     HTTP, segmented into the bucket, named by the item id, on the asset's grid."""
@@ -261,6 +274,24 @@ def test_inputs_listed_from_a_prefix_and_a_list_file(http, s3, small, tmp_path):
     assert list_images([listing]) == [f"{http.url}/small.tif", small]
     with pytest.raises(SegUnifyError, match="No rasters under"):
         list_images([f"s3://{bucket}/nothing/"])
+
+
+def test_evaluate_on_an_s3_prefix_scores_as_the_local_folder(model, s3, tmp_path):
+    from segunify_core.training.evaluation import evaluate
+
+    img, labels = make_blobs(288, 256, seed=5)
+    folder = tmp_path / "eval"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    write_geotiff(folder / "images" / "a.tif", img)
+    write_geotiff(folder / "labels" / "a.tif", labels[None].astype(np.uint8))
+    bucket = s3.bucket("evaluate")
+    for sub in ("images", "labels"):
+        s3.fs().put_file(str(folder / sub / "a.tif"), f"{bucket}/set/{sub}/a.tif")
+    local, _ = evaluate(model, folder, flip=False)
+    remote, protocol = evaluate(model, f"s3://{bucket}/set", flip=False)
+    assert sum(map(sum, local.confusion_matrix)) > 0
+    assert remote == local and protocol["root"] == f"s3://{bucket}/set"
 
 
 def test_missing_scheduler_file_waits_a_bounded_time_then_says_how_to_fix(tmp_path):
