@@ -202,9 +202,10 @@ def test_stac_collection_in_bucket_out(tiny_model, tiny_weights, model, http, s3
         assert list(got["transform"])[:6] == transform and [got["height"], got["width"]] == shape, "the item's grid"
     assert s3.keys(bucket) == sorted(f"maps/{n}_classes{s}" for n in ("scene-a", "scene-b")
                                      for s in (".qml", ".tif", ".tif.aux.xml"))
-    wrong = subprocess.run(CLI + ["tile-segment", str(collection), str(tmp_path / "o.tif"), "--model", str(tiny_model),
-                                  "--backbone-weights", str(tiny_weights)], capture_output=True, text=True, timeout=300)
-    assert "segunify batch" in one_error_line(wrong), "a collection is not an item"
+    from segunify_core.files.stac import item_raster
+
+    with pytest.raises(SegUnifyError, match=r"is a STAC item collection, not an item; .*`segunify batch`"):
+        item_raster(str(collection))  # what tile-segment does with its input
 
 
 def test_stac_item_asset_choice(http, tmp_path):
