@@ -32,31 +32,31 @@ def import_distributed():
 
 
 def worker_model(job: JobSpec, facts: RunFacts):
-    """The model and CRF of this job, loaded once per process (a worker runs many parts)."""
+    """The model and CRF of this job, loaded once per process (a worker runs many parts, and a
+    long-lived cluster many jobs with the same model)."""
     if facts.model_file is None:
         raise ValueError("a part run on a worker needs the model file (RunFacts.model_file)")
-    return _load_worker_model(job.to_json(), facts)
+    return _load_worker_model(facts.model_file, facts.model_sha256, facts.backbone_weights, facts.device,
+                              facts.precision, facts.fuse, job.crf)
 
 
-@functools.lru_cache(maxsize=1)  # one job's model per worker process, keyed by the whole spec and run facts
-def _load_worker_model(job_json: str, facts: RunFacts):
+@functools.lru_cache(maxsize=1)  # keyed by what the loaded model depends on (the file's hash included)
+def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
+                       precision: str, fuse: bool | str, crf: str):
     from ..files.model_file import load_model
     from ..method.backbone import choose_precision
     from ..method.crf import make_crf
 
-    job = JobSpec.from_json(job_json)
-    device = torch.device(facts.device)
-    assert facts.model_file is not None  # checked by worker_model
-    model_file = facts.model_file
+    device = torch.device(device_name)
     with contextlib.ExitStack() as stack:
         if is_object_store(model_file):  # the job folder is in an object store: fetch the model once
             local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segunify-model-"))) / "model.safetensors"
             download(model_file, local)
             model_file = str(local)
-        model = load_model(model_file, backbone_weights=facts.backbone_weights,
-                           precision=choose_precision(facts.precision, device), fuse=facts.fuse)
+        model = load_model(model_file, backbone_weights=backbone_weights,
+                           precision=choose_precision(precision, device), fuse=fuse)
     # A Dask worker is a daemon process and may not start the CRF's own worker processes.
-    return model.to(device).eval(), make_crf(job.crf, workers=1)
+    return model.to(device).eval(), make_crf(crf, workers=1)
 
 
 def run_part_task(part: dict, job: str, facts: dict) -> dict[str, str]:
