@@ -9,13 +9,16 @@ import click
 
 from segunify_core import settings
 from segunify_core.errors import SegUnifyError
-from segunify_core.files.raster_io import IMAGE_SUFFIXES, open_raster
+from segunify_core.files.raster_io import IMAGE_SUFFIXES, list_prefix, open_raster, read_list
+from segunify_core.files.remote import Location, exists, gdal_env, is_url, join, location, make_folder, name_of, stem_of
+from segunify_core.files.stac import collection_rasters, is_stac
 from segunify_core.job.segment import SegmentOptions, run_job
 from segunify_core.job.spec import JobSpec
 from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
+    asset_option,
     crf_option,
     dask_client,
     device_options,
@@ -29,8 +32,9 @@ from .options import (
 
 
 @click.command("batch")
-@click.argument("input_dir", type=click.Path(file_okay=False))
+@click.argument("input_dir", type=click.Path())
 @click.argument("output_dir", type=click.Path(file_okay=False))
+@asset_option
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Model file from `segunify train`.")
 @segment_options(settings.BATCH)
 @resume_option
@@ -39,33 +43,40 @@ from .options import (
 @device_options
 @click.pass_context
 @guarded
-def command(ctx, input_dir, output_dir, model_path, resume, cluster, scheduler, scheduler_file, crf, backbone_weights,
+def command(ctx, input_dir, output_dir, asset, model_path, resume, cluster, scheduler, scheduler_file, crf, backbone_weights,
             device, precision, quiet, segment):
-    """Segment every raster of a folder as one job; finished outputs are skipped, failures reported at the end."""
+    """Segment every raster of a folder as one job; finished outputs are skipped, failures reported at the end.
+
+    INPUT_DIR may also be an s3:// prefix, a text file listing paths or URLs (one a line), or a STAC
+    ItemCollection (a search result saved as .json; each item's asset by --asset). OUTPUT_DIR may be
+    an s3:// prefix.
+    """
     setup_logging(quiet)
-    inputs = sorted(p for p in Path(input_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
-        if Path(input_dir).is_dir() else None
-    if inputs is None:
-        raise SegUnifyError(f"Input folder '{input_dir}' does not exist; check the path.")
-    if not inputs:
+    named = batch_inputs(input_dir, asset)
+    if not named:
         raise SegUnifyError(f"No rasters in '{input_dir}'; it must hold GeoTIFF/PNG/JPEG files.")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    output_dir = location(output_dir)
+    make_folder(output_dir)
     model, _, dev = prepare(model_path, "", backbone_weights, device, precision, quiet)
     options = SegmentOptions(**segment, device=dev.type, resume=resume)
     rows: list[tuple[str, str, str, float]] = []
-    todo: list[tuple[Path, Path]] = []
-    for path in inputs:
-        out = Path(output_dir) / (path.stem + "_classes.tif")
-        if out.exists() and not options.overwrite:
-            rows.append((path.name, "skipped", "output exists", 0.0))
-            click.echo(f"{path.name}: skipped (output exists)", err=True)
+    todo: list[tuple[Location, Location]] = []
+    names: dict[str, str] = {}
+    for stem, path in named:
+        label = name_of(path)
+        out = join(output_dir, stem + "_classes.tif")
+        if exists(out) and not options.overwrite:
+            rows.append((label, "skipped", "output exists", 0.0))
+            click.echo(f"{label}: skipped (output exists)", err=True)
             continue
         try:  # unreadable files are reported, not planned
-            open_raster(path).close()
+            with gdal_env():
+                open_raster(path).close()
         except SegUnifyError as exc:
-            rows.append((path.name, "failed", str(exc), 0.0))
+            rows.append((label, "failed", str(exc), 0.0))
             continue
         todo.append((path, out))
+        names[str(path)] = label
     if todo:
         start = time.perf_counter()
         progress = progress_for(ctx, quiet)
@@ -75,17 +86,17 @@ def command(ctx, input_dir, output_dir, model_path, resume, cluster, scheduler, 
                                     backbone_weights=backbone_weights,
                                     crf=refiner.name if refiner is not None else "none", cluster=cluster,
                                     scheduler=scheduler, scheduler_file=scheduler_file,
-                                    job_folder=Path(output_dir) / ".segunify-parts", keep_going=True)
+                                    job_folder=join(output_dir, ".segunify-parts"), keep_going=True)
                 report = run_job(job, model, crf=refiner, client=client, progress=progress)
         finally:
             progress.close()
         seconds = time.perf_counter() - start
         for result in report.rasters:
-            name = Path(result.input).name
+            name = names.get(result.input, name_of(result.input))
             if result.error:
                 rows.append((name, "failed", result.error, seconds))
             else:
-                rows.append((name, "ok", f"{result.width} x {result.height} px -> {Path(result.output).name}", seconds))
+                rows.append((name, "ok", f"{result.width} x {result.height} px -> {name_of(result.output)}", seconds))
         if not quiet:
             click.echo(f"parts: {len(report.computed)} computed, {report.reused} reused, {report.parts} in all; "
                        f"{seconds:.1f} s", err=True)
@@ -97,3 +108,21 @@ def command(ctx, input_dir, output_dir, model_path, resume, cluster, scheduler, 
     if failed:
         raise SegUnifyError(f"{failed} of {len(rows)} files failed (see the table above); fix them and rerun "
                             "(finished files are skipped).")
+
+
+def batch_inputs(given: str, asset: str | None) -> list[tuple[str, Location]]:
+    """(output stem, raster) of every input: a folder's rasters, an s3:// prefix's, a list file's, or
+    the items of a STAC ItemCollection (stem: the item's id)."""
+    if asset is not None and not is_stac(given):
+        raise SegUnifyError("An asset (--asset) chooses among STAC items' assets; the input is not a STAC item "
+                            "collection (.json), so leave --asset out.")
+    if is_stac(given):
+        return [(r.item, r.href) for r in collection_rasters(given, asset)]
+    if is_url(given):
+        return [(stem_of(url), url) for url in list_prefix(given)]
+    path = Path(given)
+    if path.is_file() and path.suffix.lower() == ".txt":
+        return [(stem_of(entry), location(entry)) for entry in read_list(path)]
+    if not path.is_dir():
+        raise SegUnifyError(f"Input folder '{given}' does not exist; check the path.")
+    return [(p.stem, p) for p in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]

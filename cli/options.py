@@ -55,6 +55,9 @@ resume_option = click.option(
          "the missing ones; without it an interrupted run leaves nothing behind.")
 classes_range = click.IntRange(settings.MIN_CLASSES, settings.MAX_CLASSES)
 
+# Remote inputs (segunify_core.files.remote, .stac): a STAC item's asset.
+asset_option = click.option("--asset", default=None, metavar="KEY", help=settings.STAC_ASSET_HELP)
+
 
 # Segmenting: tile-segment and batch offer the settings declared in settings.SegmentOptions (and
 # tile-segment those of settings.SelfFitOptions), built here from the declarations.

@@ -7,12 +7,14 @@ import click
 from segunify_core import settings
 from segunify_core.errors import SegUnifyError
 from segunify_core.files.model_file import save_model
+from segunify_core.files.stac import is_stac, item_raster
 from segunify_core.job.segment import SegmentOptions, SelfFitOptions, run_job
 from segunify_core.job.spec import JobSpec
 from segunify_core.method.crf import open_crf
 
 from .common import prepare
 from .options import (
+    asset_option,
     backbone_option,
     crf_option,
     dask_client,
@@ -30,6 +32,7 @@ from .options import (
 @click.command("tile-segment")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
+@asset_option
 @click.option("--model", "model_path", type=click.Path(), default=None, help="Model file from `segunify train`.")
 @self_fit_options(settings.TILE_SEGMENT)
 @click.option("--save-model", "save_model_path", type=click.Path(dir_okay=False), default=None, help="Self-fit: keep the fitted model.")
@@ -41,14 +44,25 @@ from .options import (
 @device_options
 @click.pass_context
 @guarded
-def command(ctx, input_path, output_path, model_path, save_model_path, resume, cluster, scheduler, scheduler_file,
+def command(ctx, input_path, output_path, asset, model_path, save_model_path, resume, cluster, scheduler, scheduler_file,
             backbone, crf, backbone_weights, device, precision, quiet, segment, fit):
     """Segment a raster of any size into a class raster on exactly the input's grid.
 
     With --model the labels come from the model's global prototypes; without it a model is first
     fitted on windows of the input itself (self-fit) with --classes K classes.
+
+    INPUT may be a URL (https://, s3://, GDAL /vsi... path) or a STAC item (.json file or URL; its
+    asset by --asset); OUTPUT may be an s3:// URL.
     """
     setup_logging(quiet)
+    if is_stac(input_path):
+        stac = item_raster(input_path, asset)
+        if not quiet:
+            click.echo(f"STAC item {stac.item}: {stac.href}", err=True)
+        input_path = stac.href
+    elif asset is not None:
+        raise SegUnifyError("An asset (--asset) chooses among a STAC item's assets; the input is not a STAC item "
+                            "(.json), so leave --asset out.")
     if model_path is not None and fit["classes"] is not None:
         raise SegUnifyError("The number of classes (--classes) is for self-fit; a model file (--model) already fixes "
                             "the classes, so leave one of them out.")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything SegUnify needs on a fresh Debian 12 machine (run as root for apt):
 # system packages, a virtual environment in .venv, PyTorch + timm, SegUnify itself with its
-# test tools, and the pydensecrf CRF backend (built from pydensecrf2 with Cython 0.29.36).
+# test tools, the cloud extra (pystac, fsspec, s3fs), the pydensecrf CRF backend (built from pydensecrf2
+# with Cython 0.29.36), and nginx (the HTTP server the remote-data tests start on 127.0.0.1).
 # Safe to rerun: finished steps are skipped.
 # Two settings for machines that already hold PyTorch or reach no registry (scripts/gpu_check.sh):
 #   SEGUNIFY_SYSTEM_TORCH=1  use the packages $PYTHON already imports (say, its CUDA build of PyTorch):
@@ -36,6 +37,18 @@ if [ "${SEGUNIFY_WITH_QGIS:-0}" = 1 ]; then
   /usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
   /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 fi
+# The remote-data tests serve a COG with nginx (range requests, bytes counted in its log). Optional
+# outside CI (those tests skip without it), installed when running as root, required under CI=true.
+if [ -z "$WHEELS" ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ]; then
+    need_apt+=(nginx-light)
+  elif [ "${CI:-}" = true ]; then
+    echo "setup: nginx is missing (apt-get install nginx-light, as root; CI=true: every optional part is required)" >&2
+    exit 1
+  else
+    echo "setup: warning: nginx is missing; the remote-data tests that serve over HTTP will skip" >&2
+  fi
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
@@ -68,7 +81,7 @@ elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # The registry's default torch wheel pairs with torchvision (timm imports it); it runs on CPU too.
   [ "$SYSTEM_TORCH" = 1 ] || "$VENV/bin/python" -m pip install -q torch timm
-  "$VENV/bin/python" -m pip install -q -e ".[dev,distributed]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,distributed,cloud]"
   # pydensecrf2 builds only with Cython 0.29.x; without build isolation it uses the one pinned here.
   "$VENV/bin/python" -m pip install -q "cython==0.29.36"
   if ! "$VENV/bin/python" -m pip install -q --no-build-isolation "pydensecrf2>=1.1"; then

@@ -322,3 +322,34 @@ def environment() -> Environment:
     env = os.environ
     return Environment(eager=env.get(ENV_EAGER, "") not in ("", "0"), cache_dir=env.get(ENV_CACHE) or None,
                        gdal_cachemax=env.get(ENV_GDAL_CACHEMAX))
+
+
+# Remote data (https://, s3://, GDAL /vsi paths; segunify_core.files.remote). GDAL's settings for cloud
+# reads are built from these in one place, files.remote.gdal_env.
+GDAL_CACHE_MB = 128  # GDAL block cache cap (MB), unless GDAL_CACHEMAX is set in the environment
+HTTP_RETRIES = 3  # GDAL_HTTP_MAX_RETRY: retries of a read that got HTTP 429/5xx
+HTTP_RETRY_DELAY_S = 1  # GDAL_HTTP_RETRY_DELAY: seconds before the first retry (doubled each time)
+HTTP_CONNECT_TIMEOUT_S = 10  # GDAL_HTTP_CONNECTTIMEOUT: an unreachable host fails after this long
+HTTP_TIMEOUT_S = 60  # GDAL_HTTP_TIMEOUT: a stalled request fails after this long
+STAC_ASSETS = ("visual", "rgb", "image")  # --asset default: the first of these keys an item has, else its asset
+# with the "visual" role, else its only GeoTIFF asset
+STAC_ASSET_HELP = "STAC item input: the asset to segment (default: the visual/RGB asset)."
+# --scheduler-file that does not exist yet: wait this long for the scheduler to write it, then fail
+# (dask's own client would wait forever).
+SCHEDULER_FILE_WAIT_S = 60
+ENV_S3_ENDPOINT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # an S3-compatible store's endpoint (botocore's names)
+ENV_S3_ANONYMOUS = "AWS_NO_SIGN_REQUEST"  # YES: public bucket, no credentials (GDAL's and the AWS CLI's name)
+
+
+def s3_endpoint() -> "str | None":
+    """The S3 endpoint from the environment (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL), None for AWS itself.
+    Credentials are not read here: GDAL and botocore find them (variables, profiles, instance roles)."""
+    import os
+
+    return next((os.environ[name] for name in ENV_S3_ENDPOINT if os.environ.get(name)), None)
+
+
+def s3_anonymous() -> bool:
+    import os
+
+    return os.environ.get(ENV_S3_ANONYMOUS, "").upper() in ("YES", "TRUE", "1")

@@ -5,6 +5,10 @@ rename on one file system), writes there, and the rename happens only when the w
 On any error or interruption the temporary path is removed. Temporary names follow one pattern,
 `.<stem>.<random>.partial<suffix>`, which the QGIS plugin's clean-up after a hard kill also uses
 (`partial_glob`).
+
+An object store (an s3:// target) has no rename: there the writer gets a local temporary file, and
+the finished file is uploaded as one object, which appears whole when its upload completes; on any
+error before, nothing is uploaded and nothing is left in the bucket.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SegUnifyError, write_failure
+from . import remote
 
 TEMP_MARK = ".partial"
 
@@ -59,6 +64,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None, directory:
     empty: the temporary file does not exist yet when yielded (for writers that refuse to
     overwrite, e.g. GeoPackage).
     """
+    if remote.is_object_store(target):
+        with _object_path(str(target), suffix, directory, empty) as tmp:
+            yield tmp
+        return
     target = Path(target)
     tmp = temp_beside(target, suffix, directory)
     if empty and not directory:
@@ -73,6 +82,21 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None, directory:
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+
+
+@contextlib.contextmanager
+def _object_path(target: str, suffix: str | None, directory: bool, empty: bool) -> Iterator[Path]:
+    """A local temporary file for an object-store target, uploaded as one object at the end."""
+    if directory:
+        raise ValueError("an object store has no folders to replace whole")
+    name = remote.name_of(target)
+    stem, ext = os.path.splitext(name)
+    with tempfile.TemporaryDirectory(prefix="segunify-upload-") as folder:
+        tmp = Path(folder) / f".{stem}{TEMP_MARK}{ext if suffix is None else suffix}"
+        if not empty:
+            tmp.touch()
+        yield tmp
+        remote.upload(tmp, target)
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

@@ -3,16 +3,18 @@
 It is rewritten atomically after every finished part, so a run killed at any moment leaves a
 manifest that names only whole files. A resumed run skips a part only when its files are there
 and their hashes match; a part computed twice (Dask may run a task again) is recorded once.
+The folder may be an object-store prefix (s3://): the manifest is then the job's commit point
+there too, an object replaced whole by each save, naming only part objects that were complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 from ..errors import SegUnifyError
+from . import remote
 from .atomic import write_text_atomic
+from .remote import Location
 
 MANIFEST = "manifest.json"
 
@@ -20,22 +22,22 @@ MANIFEST = "manifest.json"
 class Manifest:
     """Part id -> {file kind: SHA-256}, for one job (named by its fingerprint)."""
 
-    def __init__(self, folder: Path, job: str, parts: dict[str, dict[str, str]] | None = None,
+    def __init__(self, folder: Location, job: str, parts: dict[str, dict[str, str]] | None = None,
                  resumed: bool = False):
         self.folder, self.job, self.parts = folder, job, parts or {}
         self.resumed = resumed  # True when this is the same job's manifest from an earlier run
 
     @property
-    def path(self) -> Path:
-        return self.folder / MANIFEST
+    def path(self) -> Location:
+        return remote.join(self.folder, MANIFEST)
 
     @classmethod
-    def open(cls, folder: Path, job: str, resume: bool, strict: bool = True) -> Manifest:
+    def open(cls, folder: Location, job: str, resume: bool, strict: bool = True) -> Manifest:
         """The job's manifest: the recorded parts when resuming the same job, else a new one.
         strict: a manifest of another job is an error (else it is dropped and the job starts over)."""
-        path = folder / MANIFEST
-        if resume and path.is_file():
-            data = json.loads(path.read_text())
+        path = remote.join(folder, MANIFEST)
+        if resume and remote.is_file(path):
+            data = json.loads(remote.read_bytes(path))
             if data.get("job") != job and not strict:
                 return cls(folder, job)
             if data.get("job") != job:
@@ -51,16 +53,13 @@ class Manifest:
         self.parts[part_id] = hashes
         self.save()
 
-    def has(self, part_id: str, files: dict[str, Path]) -> bool:
+    def has(self, part_id: str, files: dict[str, Location]) -> bool:
         """`part_id` is recorded with exactly these files, each there with its recorded hash."""
         recorded = self.parts.get(part_id)
         return (recorded is not None and set(recorded) == set(files)
-                and all(path.is_file() and file_sha256(path) == recorded[kind] for kind, path in files.items()))
+                and all(remote.is_file(path) and file_sha256(path) == recorded[kind] for kind, path in files.items()))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: Location) -> str:
+    """SHA-256 of a file (or of an object in an object store)."""
+    return remote.sha256(path)

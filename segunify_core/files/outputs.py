@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 
 from .atomic import atomic_path, write_text_atomic
+from .remote import Location, is_object_store, name_of, parent_of, with_suffix
 
 if TYPE_CHECKING:
     from ..method.legend import Legend
@@ -50,8 +51,9 @@ def read_back(path: Path) -> None:
             ds.read(window=window)
 
 
-def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None) -> None:
-    """Copy a raster (a VRT of parts) to a tiled GeoTIFF or a COG at `dst`, atomically, read back."""
+def copy_raster(src: str | Path, dst: Location, cog: bool, nbits: int | None = None) -> None:
+    """Copy a raster (a VRT of parts) to a tiled GeoTIFF or a COG at `dst`, atomically, read back
+    (an s3:// `dst`: written locally, read back, then streamed to the bucket as one object)."""
     from rasterio.shutil import copy
 
     with rasterio.open(src) as ds:
@@ -70,23 +72,25 @@ def copy_raster(src: str | Path, dst: Path, cog: bool, nbits: int | None = None)
         read_back(tmp)
 
 
-def pam_path(raster: str | Path) -> Path:
+def pam_path(raster: Location) -> Location:
+    if is_object_store(raster):
+        return f"{parent_of(raster)}/{name_of(raster)}.aux.xml"
     raster = Path(raster)
     return raster.with_name(raster.name + ".aux.xml")
 
 
-def write_class_style(raster: str | Path, legend: Legend) -> None:
+def write_class_style(raster: Location, legend: Legend) -> None:
     """The legend beside a class raster: `<name>.qml` for QGIS and `<name>.tif.aux.xml` (category
     names and attribute table) for GDAL, which reads that sidecar with the GeoTIFF."""
-    raster = Path(raster)
-    write_text_atomic(raster.with_suffix(".qml"), legend.qml())
+    raster = raster if is_object_store(raster) else Path(raster)
+    write_text_atomic(with_suffix(raster, ".qml"), legend.qml())
     write_text_atomic(pam_path(raster), legend.pam_xml())
 
 
 def raster_class_names(raster: str | Path) -> dict[int, str]:
     """Class names of a class raster by pixel value, from GDAL's category names in its PAM sidecar
     (written by `write_class_style`); empty when it has none."""
-    path = pam_path(raster)
+    path = Path(pam_path(Path(raster)))
     if not path.is_file():
         return {}
     try:

@@ -13,15 +13,17 @@ from rasterio.windows import Window
 from ..method.legend import Legend, hex_colour
 from .atomic import atomic_path
 from .raster_io import RasterReader
+from .remote import Location, gdal_path
 
 
-def write_preview_png(reader: RasterReader, classes: Path, path: Path, legend: Legend, max_side: int = 1024) -> None:
+def write_preview_png(reader: RasterReader, classes: Location, path: Location, legend: Legend,
+                      max_side: int = 1024) -> None:
     """A PNG of image, classes and overlay, at most `max_side` px on its longer side."""
     scale = max(1.0, max(reader.width, reader.height) / max_side)
     shape = (max(1, round(reader.height / scale)), max(1, round(reader.width / scale)))
     rgb, valid = reader.read(Window(0, 0, reader.width, reader.height), out_shape=shape,
                              resampling=Resampling.average)
-    with rasterio.open(classes) as ds:
+    with rasterio.open(gdal_path(classes)) as ds:
         labels = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
     with atomic_path(path) as tmp:
         write_preview(tmp, rgb, labels, valid, max_side, legend)

@@ -15,6 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from ..errors import SegUnifyError, error_detail
+from . import remote
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img"}
 STRETCH_PERCENTILES = (2.0, 98.0)
@@ -22,7 +23,10 @@ STATS_MAX_SIDE = 1024  # the stretch is estimated on a decimated read (overviews
 
 
 def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
-    """Open a raster for reading, with one clear sentence for each way that can fail."""
+    """Open a raster for reading, with one clear sentence for each way that can fail. A URL
+    (https://, s3://, /vsi...) is opened by GDAL with range requests, in `remote.gdal_env`."""
+    if remote.is_url(str(path)):
+        return _checked(_open_url(str(path)), str(path))
     path = Path(path)
     if not path.exists():
         raise SegUnifyError(f"Input '{path}' does not exist; check the path.")
@@ -36,6 +40,19 @@ def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
     except RasterioIOError:
         raise SegUnifyError(f"Input '{path}' is not a raster GDAL can read; pass a GeoTIFF, PNG, "
                             "JPEG or another GDAL raster.") from None
+    return _checked(ds, path)
+
+
+def _open_url(url: str) -> rasterio.io.DatasetReader:
+    try:
+        with remote.gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(remote.gdal_path(url))
+    except RasterioIOError:
+        raise remote.describe_open_failure(url) from None
+
+
+def _checked(ds: rasterio.io.DatasetReader, path: str | Path) -> rasterio.io.DatasetReader:
     if ds.width < 2 or ds.height < 2 or ds.count < 1:
         ds.close()
         raise SegUnifyError(f"Input '{path}' is {ds.width} x {ds.height} px with {ds.count} bands; "
@@ -260,12 +277,18 @@ def ground_sampling_distance(ds: rasterio.io.DatasetReader) -> float | None:
     return float((px + py) / 2.0)
 
 
-def list_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively) into image files; keep files as given."""
-    found: list[Path] = []
-    for entry in paths:
-        entry = Path(entry)
-        if entry.is_dir():
+def list_images(paths: Sequence[str | Path]) -> list[remote.Location]:
+    """Expand folders (recursively) and s3:// prefixes into image files, and text files (.txt) into
+    the rasters they list, one path or URL a line; keep files and URLs as given."""
+    found: list[remote.Location] = []
+    for given in paths:
+        if remote.is_url(str(given)):
+            found.extend(list_prefix(str(given)))
+            continue
+        entry = Path(given)
+        if entry.is_file() and entry.suffix.lower() == ".txt":
+            found.extend(remote.location(line) for line in read_list(entry))
+        elif entry.is_dir():
             found.extend(sorted(p for p in entry.rglob("*")
                                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         elif entry.is_file():
@@ -273,3 +296,20 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise SegUnifyError(f"Training data '{entry}' does not exist; pass folders or image files.")
     return found
+
+
+def list_prefix(url: str) -> list[remote.Location]:
+    """An s3:// URL that names a prefix (ends in / or has no image suffix): the rasters under it;
+    any other URL: itself."""
+    if remote.is_object_store(url) and (url.endswith("/") or Path(url).suffix.lower() not in IMAGE_SUFFIXES):
+        found = remote.list_objects(url, IMAGE_SUFFIXES)
+        if not found:
+            raise SegUnifyError(f"No rasters under '{url}'; it must hold GeoTIFF/PNG/JPEG objects.")
+        return list(found)
+    return [url]
+
+
+def read_list(path: Path) -> list[str]:
+    """The paths or URLs of a list file: one a line; blank lines and # comments are skipped."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]

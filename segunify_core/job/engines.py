@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import settings
 from ..errors import SegUnifyError
 from ..progress import Progress
 from .parts import run_part
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from ..method.model import SegUnifyModel
 
 Result = tuple[Part, dict[str, str] | None, BaseException | None]
+log = logging.getLogger("segunify")
 WORKER_TIMEOUT_S = 120  # nanny start-up is slow on loaded machines
 
 
@@ -55,12 +58,30 @@ def connect(cluster: str | None = None, scheduler: str | None = None, scheduler_
         return distributed.Client(local, timeout=WORKER_TIMEOUT_S)  # close_client closes the LocalCluster too
     try:
         if scheduler_file:
+            wait_for_scheduler_file(scheduler_file)
             return distributed.Client(scheduler_file=scheduler_file, timeout=WORKER_TIMEOUT_S)
         return distributed.Client(scheduler, timeout=WORKER_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         where = scheduler_file or scheduler
         raise SegUnifyError(f"Cannot reach the Dask scheduler '{where}' ({exc}); check that it runs and the "
                             "address (--scheduler) or file (--scheduler-file) is right.") from None
+
+
+def wait_for_scheduler_file(path: str, wait_s: float | None = None) -> None:
+    """A scheduler file that is not there yet (the scheduler may still be starting, e.g. in another
+    job step): wait for it, saying so, for at most `settings.SCHEDULER_FILE_WAIT_S` seconds, then
+    fail. Dask's own client would wait for it forever."""
+    limit = settings.SCHEDULER_FILE_WAIT_S if wait_s is None else wait_s
+    if os.path.isfile(path):
+        return
+    log.warning("waiting up to %g s for the Dask scheduler to write its scheduler file '%s'...", limit, path)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        if os.path.isfile(path):
+            return
+    raise SegUnifyError(f"The scheduler file '{path}' did not appear within {limit:g} s; start the scheduler with "
+                        f"`dask scheduler --scheduler-file {path}` first, or fix the path (--scheduler-file).")
 
 
 def close_client(client) -> None:

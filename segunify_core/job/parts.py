@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,11 +19,11 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from .. import settings
 from ..files.atomic import atomic_path
 from ..files.manifest import file_sha256
 from ..files.outputs import creation_options, encode_probabilities, probability_storage, read_back
 from ..files.raster_io import RasterReader
+from ..files.remote import Location, gdal_env, join, location
 from ..method.inference import window_log_probs
 from ..method.model import SegUnifyModel
 from ..progress import Progress
@@ -36,31 +35,28 @@ from .windows import TileSource
 if TYPE_CHECKING:
     from ..method.crf import CRF
 
-# GDAL's block cache defaults to 5% of RAM and fills with the blocks of a large raster; a fixed cap
-# keeps memory independent of the raster's size (GDAL_CACHEMAX in the environment still wins).
-GDAL_CACHE_MB = 128
 WRITE_STRIP_VALUES = 1 << 22  # probabilities written at a time: glibc serves them from its reusable heap
 PART_BLOCK = 256  # tile side inside part files
 
 
-def gdal_env() -> rasterio.Env:
-    # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax, which takes bytes, not megabytes.
-    cache = {} if settings.environment().gdal_cachemax is not None else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
-    return rasterio.Env(**cache)
+__all__ = ["gdal_env", "part_files", "run_part"]
 
 
-def part_files(parts_dir: str | Path, part: Part) -> dict[str, Path]:
-    """The files a part writes: its labels, and its probabilities when the job asks for them."""
-    files = {"labels": Path(parts_dir) / f"{part.id}.labels.tif"}
+def part_files(parts_dir: Location, part: Part) -> dict[str, Location]:
+    """The files a part writes: its labels, and its probabilities when the job asks for them. In an
+    object store they are objects under the job's prefix (write-once keys: a part computed twice
+    puts the same bytes under the same key)."""
+    folder = location(parts_dir)
+    files = {"labels": join(folder, f"{part.id}.labels.tif")}
     if part.raster.probabilities:
-        files["probabilities"] = Path(parts_dir) / f"{part.id}.probabilities.tif"
+        files["probabilities"] = join(folder, f"{part.id}.probabilities.tif")
     return files
 
 
 class _PartWriter:
     """The part's open GeoTIFFs (temporary names), written strip by strip."""
 
-    def __init__(self, stack: contextlib.ExitStack, reader: RasterReader, part: Part, files: dict[str, Path],
+    def __init__(self, stack: contextlib.ExitStack, reader: RasterReader, part: Part, files: dict[str, Location],
                  n_classes: int, prob_dtype: str):
         self.reader, self.part, self.prob_dtype = reader, part, prob_dtype
         window = Window(part.col0, part.row0, part.width, part.height)
@@ -97,13 +93,15 @@ class _PartWriter:
         if self.probs is not None:
             self.probs.write(encode_probabilities(probs, valid, self.prob_dtype), window=window)
 
-    def finish(self) -> None:
-        """Close and read back every file (a failed flush shows only then)."""
+    def finish(self) -> dict[str, str]:
+        """Close and read back every file (a failed flush shows only then); their SHA-256 (of the
+        finished temporary files: the bytes that become the part's files or objects)."""
         self.labels.close()
         if self.probs is not None:
             self.probs.close()
         for tmp in self.temps.values():
             read_back(tmp)
+        return {kind: file_sha256(tmp) for kind, tmp in self.temps.items()}
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -149,5 +147,5 @@ def run_part(part: Part, job: JobSpec, facts: RunFacts, model: SegUnifyModel, cr
                 done += len(batch)
                 if progress:
                     progress("segment", done, len(tiles))
-            writer.finish()
-    return {kind: file_sha256(path) for kind, path in files.items()}
+            hashes = writer.finish()
+    return hashes

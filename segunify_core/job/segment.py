@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +25,12 @@ import torch
 from .. import settings
 from ..device import api_device
 from ..errors import SegUnifyError
+from ..files import remote
+from ..files.atomic import atomic_path
 from ..files.manifest import Manifest, file_sha256
 from ..files.model_file import load_model, save_model
 from ..files.raster_io import open_raster
+from ..files.remote import Location, location
 from ..method.backbone import Backbone
 from ..method.model import SegUnifyModel
 from ..progress import Progress
@@ -95,15 +98,27 @@ class SegmentReport:
     reused: int = 0
 
 
-def default_job_folder(outputs: Sequence[str | Path]) -> Path:
-    """Hidden folder beside the output(s) for part files and the manifest."""
-    first = Path(outputs[0])
-    name = f".{first.name}.parts" if len(outputs) == 1 else ".segunify-parts"
-    return first.parent / name
+def default_job_folder(outputs: Sequence[Location]) -> Location:
+    """Hidden folder beside the output(s) for part files and the manifest (a prefix beside an
+    output in an object store)."""
+    first = location(outputs[0])
+    name = f".{remote.name_of(first)}.parts" if len(outputs) == 1 else ".segunify-parts"
+    return remote.join(remote.parent_of(first), name)
 
 
-def _check_outputs(inputs: Sequence[Path], outputs: Sequence[Path], overwrite: bool) -> None:
+def _check_outputs(inputs: Sequence[Location], outputs: Sequence[Location], overwrite: bool) -> None:
     for src, dst in zip(inputs, outputs, strict=True):
+        if remote.is_url(str(dst)):
+            if not remote.is_object_store(dst):
+                raise SegUnifyError(f"Output '{dst}' cannot be written: outputs go to a local path or an s3:// URL.")
+            if src == dst:
+                raise SegUnifyError("The output path equals the input path; inputs are never modified, choose "
+                                    "another output.")
+            if not overwrite and remote.exists(dst):
+                raise SegUnifyError(f"Output '{dst}' already exists; choose another output or allow replacing it "
+                                    "(--overwrite).")
+            continue
+        assert isinstance(dst, Path)
         if dst.exists() and not overwrite:
             raise SegUnifyError(f"Output '{dst}' already exists; choose another output or allow replacing it "
                                 "(--overwrite).")
@@ -111,7 +126,7 @@ def _check_outputs(inputs: Sequence[Path], outputs: Sequence[Path], overwrite: b
             raise SegUnifyError(f"Output folder '{dst.parent}' does not exist; create it first.")
         if not os.access(dst.parent, os.W_OK):
             raise SegUnifyError(f"Output folder '{dst.parent}' is not writable; choose another output path.")
-        if src.resolve() == dst.resolve():
+        if isinstance(src, Path) and src.resolve() == dst.resolve():
             raise SegUnifyError("The output path equals the input path; inputs are never modified, choose "
                                 "another output.")
 
@@ -127,16 +142,11 @@ def _model_digest(model: SegUnifyModel) -> str:
 def fingerprint(parts: Sequence[Part], job: JobSpec, model: SegUnifyModel | None) -> str:
     """Names the job: the same parts, inputs, model and result-defining settings (those marked
     `result` in settings.py) give the same fingerprint."""
-    files = sorted({(p.raster.input, *_stat(p.raster.input)) for p in parts})
+    files = sorted({(p.raster.input, *map(str, remote.stat_key(p.raster.input))) for p in parts})
     payload = json.dumps({"parts": parts_to_json(parts), "settings": job.result(), "files": files,
                           "model": _model_digest(model) if model is not None else None},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _stat(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def segment(inputs: Sequence[str | Path], outputs: Sequence[str | Path], model: SegUnifyModel | None,
@@ -168,7 +178,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
     `job.model_file`, or in memory), or the backbone for a self-fit; the CRF of `job.crf`; the
     Dask client of the spec's engine (None: in this process)."""
     options = job.options
-    in_paths, out_paths = [Path(p) for p in job.inputs], [Path(p) for p in job.outputs]
+    in_paths, out_paths = [location(p) for p in job.inputs], [location(p) for p in job.outputs]
     _check_outputs(in_paths, out_paths, options.overwrite)
     fit = job.fit
     if model is not None:
@@ -186,7 +196,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
                         options.native_resolution)
     client = as_client(client)
     device = api_device(options.device)
-    folder = Path(job.job_folder) if job.job_folder else default_job_folder(out_paths)
+    folder = location(job.job_folder) if job.job_folder else default_job_folder(out_paths)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     with gdal_env():
@@ -198,8 +208,8 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
     if not manifest.resumed:
         # a new job: clear what another run left, and record the job at once, so that a run killed
         # before its first part (during self-fit) still resumes with the model it fitted
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        remote.remove_tree(folder)
+        remote.make_folder(folder)
         manifest.save()
     finished = False
     try:
@@ -229,7 +239,7 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
         return report
     finally:
         if finished or not options.resume:
-            shutil.rmtree(folder, ignore_errors=True)
+            remote.remove_tree(folder)
 
 
 def _opt_str(value) -> str | None:
@@ -249,27 +259,43 @@ def _plan_checked(inputs, outputs, geometry, bands, model, options) -> list[Part
     return plan(inputs, outputs, geometry, bands, probabilities, options.block)
 
 
-def _fitted_model(folder: Path, parts: Sequence[Part], backbone: Backbone, fit: SelfFitOptions,
+def _fitted_model(folder: Location, parts: Sequence[Part], backbone: Backbone, fit: SelfFitOptions,
                   device: torch.device, options: SegmentOptions, progress: Progress | None,
                   manifest: Manifest) -> SegUnifyModel:
     """Self-fit once on the driver; a resumed run reuses the model it fitted before."""
-    path = folder / FIT_MODEL
-    if options.resume and path.is_file():
-        return load_model(path, backbone=backbone)
+    path = remote.join(folder, FIT_MODEL)
+    if options.resume and remote.is_file(path):
+        if isinstance(path, Path):
+            return load_model(path, backbone=backbone)
+        with tempfile.TemporaryDirectory(prefix="segunify-model-") as tmp:
+            remote.download(path, Path(tmp) / FIT_MODEL)
+            return load_model(Path(tmp) / FIT_MODEL, backbone=backbone)
     rasters = list({p.raster.index: p.raster for p in parts}.values())
     model = self_fit(rasters, backbone.to(device), fit, device, options.flip, progress)
-    save_model(model, path)
+    _save_model(model, path)
     return model
 
 
-def _with_model_file(facts: RunFacts, model: SegUnifyModel, model_file, folder: Path) -> RunFacts:
-    """Workers load the model from a file: the one given, or a copy in the job folder."""
-    path = Path(model_file) if model_file else None
+def _save_model(model: SegUnifyModel, path: Location) -> None:
+    """The model file in the job folder (an object in an object store)."""
+    if isinstance(path, Path):
+        save_model(model, path)
+        return
+    with atomic_path(path) as tmp:
+        save_model(model, tmp)
+
+
+def _with_model_file(facts: RunFacts, model: SegUnifyModel, model_file, folder: Location) -> RunFacts:
+    """Workers load the model from a file: the one given, or a copy in the job folder (an object
+    there when the job folder is in an object store: workers then need no shared file system)."""
+    path: Location | None = location(model_file) if model_file else None
     if path is None:
-        path = folder / FIT_MODEL if (folder / FIT_MODEL).is_file() else folder / JOB_MODEL
-        if path.name == JOB_MODEL:
-            save_model(model, path)
-    return dataclasses.replace(facts, model_file=str(path.resolve()), model_sha256=file_sha256(path))
+        fitted = remote.join(folder, FIT_MODEL)
+        path = fitted if remote.is_file(fitted) else remote.join(folder, JOB_MODEL)
+        if remote.name_of(path) == JOB_MODEL:
+            _save_model(model, path)
+    name = str(path.resolve()) if isinstance(path, Path) else path
+    return dataclasses.replace(facts, model_file=name, model_sha256=file_sha256(path))
 
 
 def _run_and_assemble(parts: list[Part], job: JobSpec, facts: RunFacts, manifest: Manifest, model: SegUnifyModel,

@@ -5,13 +5,17 @@ once, and the worker set-up (torch threads, allocator). The driver (`engines.py`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import torch
 
 from ..errors import SegUnifyError
+from ..files.remote import download, is_object_store
 from .parts import run_part
 from .planning import Part
 from .spec import JobSpec, RunFacts
@@ -44,8 +48,13 @@ def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weigh
     from ..method.crf import make_crf
 
     device = torch.device(device_name)
-    model = load_model(model_file, backbone_weights=backbone_weights,
-                       precision=choose_precision(precision, device), fuse=fuse)
+    with contextlib.ExitStack() as stack:
+        if is_object_store(model_file):  # the job folder is in an object store: fetch the model once
+            local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segunify-model-"))) / "model.safetensors"
+            download(model_file, local)
+            model_file = str(local)
+        model = load_model(model_file, backbone_weights=backbone_weights,
+                           precision=choose_precision(precision, device), fuse=fuse)
     # A Dask worker is a daemon process and may not start the CRF's own worker processes.
     return model.to(device).eval(), make_crf(crf, workers=1)
 

@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from .. import settings
 from ..errors import SegUnifyError
 from ..files.raster_io import IMAGE_SUFFIXES, RasterReader, list_images
+from ..files.remote import Location, gdal_env, gdal_path, is_object_store, is_url, list_objects, name_of, stem_of
 
 POTSDAM_SPLITS = {  # settings.POTSDAM_SPLITS -> the list files each reads
     "test": ("labelled_test.txt",),
@@ -143,12 +144,12 @@ def potsdam_labels(root: Path, image_id: str, coarse: bool = True) -> np.ndarray
 class TrainingImage:
     """A training image opened on demand: a raster file or a Potsdam .mat."""
 
-    path: Path
+    path: Location  # a local path, or a URL (https://, s3://)
     potsdam_id: str | None = None
 
     def open(self, bands: Sequence[int] | None) -> ArrayImage | RasterReader:
         if self.potsdam_id is not None:
-            return ArrayImage(potsdam_image(self.path, self.potsdam_id), self.potsdam_id)
+            return ArrayImage(potsdam_image(Path(self.path), self.potsdam_id), self.potsdam_id)
         return RasterReader.open(self.path, bands)
 
     @property
@@ -161,9 +162,11 @@ class TrainingImage:
         return image_key(self.path, self.potsdam_id)
 
 
-def image_key(path: Path, potsdam_id: str | None = None) -> str:
-    """'potsdam:ID' for a Potsdam image (ids are unique over the data set), else the resolved path."""
-    return f"potsdam:{potsdam_id}" if potsdam_id is not None else f"file:{Path(path).resolve()}"
+def image_key(path: Location, potsdam_id: str | None = None) -> str:
+    """'potsdam:ID' for a Potsdam image (ids are unique over the data set), else the resolved path (a URL as given)."""
+    if potsdam_id is not None:
+        return f"potsdam:{potsdam_id}"
+    return f"file:{path}" if is_url(str(path)) else f"file:{Path(path).resolve()}"
 
 
 def training_images(data: Sequence[str | Path], potsdam_split: str = settings.POTSDAM_TRAIN_SPLIT,
@@ -173,7 +176,7 @@ def training_images(data: Sequence[str | Path], potsdam_split: str = settings.PO
     images: list[TrainingImage] = []
     plain: list[str | Path] = []
     for entry in data:
-        root = potsdam_root(entry)
+        root = None if is_url(str(entry)) else potsdam_root(entry)
         if root is not None:
             images.extend(TrainingImage(root, i) for i in potsdam_ids(root, potsdam_split))
         else:
@@ -279,7 +282,7 @@ def centre_crop_resize(rgb: np.ndarray, labels: np.ndarray, resolution: int) -> 
             labels[top:top + resolution, left:left + resolution])
 
 
-def folder_eval_sample(image: Path, label: Path, bands) -> EvalSample:
+def folder_eval_sample(image: Location, label: Location, bands) -> EvalSample:
     """One image of an images/ + labels/ folder at native size; pixels outside its data ignored."""
     with RasterReader.open(image, bands) as reader:
         rgb, valid = reader.read(Window(0, 0, reader.width, reader.height))
@@ -288,7 +291,7 @@ def folder_eval_sample(image: Path, label: Path, bands) -> EvalSample:
         raise SegUnifyError(f"Label raster '{label}' is {labels.shape[1]} x {labels.shape[0]} px "
                             f"but its image is {valid.shape[1]} x {valid.shape[0]}; they must match.")
     labels[~valid] = IGNORE
-    return EvalSample(image.name, rgb, labels)
+    return EvalSample(name_of(image), rgb, labels)
 
 
 def potsdam_eval_sample(root: Path, image_id: str, resolution: int) -> EvalSample | None:
@@ -307,9 +310,13 @@ def potsdam_eval_samples(root: Path, split: str, resolution: int) -> Iterator[Ev
             yield sample
 
 
-def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
+def folder_pairs(root: Location) -> list[tuple[Location, Location]]:
+    """(image, label raster) of an images/ + labels/ folder (or s3:// prefix), matched by name."""
+    if is_object_store(root):
+        return _object_pairs(str(root))
+    root = Path(root)
     images, labels = root / "images", root / "labels"
-    pairs = []
+    pairs: list[tuple[Location, Location]] = []
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         candidates = [labels / image.name] + sorted(labels.glob(image.stem + ".*"))
         label = next((c for c in candidates if c.is_file()), None)
@@ -322,11 +329,28 @@ def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_label_raster(path: Path) -> np.ndarray:
+def _object_pairs(root: str) -> list[tuple[Location, Location]]:
+    """folder_pairs of an s3:// prefix: images/KEY and labels/KEY (any raster suffix) by name."""
+    prefix = root.rstrip("/")
+    images = list_objects(f"{prefix}/images/", IMAGE_SUFFIXES)
+    labels = {stem_of(url): url for url in list_objects(f"{prefix}/labels/", IMAGE_SUFFIXES)}
+    if not images:
+        raise SegUnifyError(f"No images under '{prefix}/images/'; the prefix needs images/ and labels/.")
+    pairs: list[tuple[Location, Location]] = []
+    for image in images:
+        label = labels.get(stem_of(image))
+        if label is None:
+            raise SegUnifyError(f"No label raster for '{name_of(image)}' under '{prefix}/labels/'; every image needs "
+                                "a label raster of the same name.")
+        pairs.append((image, label))
+    return pairs
+
+
+def read_label_raster(path: Location) -> np.ndarray:
     """Integer labels (H, W) with nodata, 255 and negative values set to -1 (ignored)."""
     import rasterio
 
-    with rasterio.open(path) as ds:
+    with gdal_env(), rasterio.open(gdal_path(path)) as ds:
         data = ds.read(1).astype(np.int64)
         valid = ds.read_masks(1) > 0
     data[~valid | (data == 255) | (data < 0)] = IGNORE

@@ -16,6 +16,7 @@ import torch
 from .. import settings
 from ..device import api_device
 from ..errors import SegUnifyError
+from ..files.remote import Location, is_object_store, is_url, location
 from ..method.inference import codes_from_features, pad_to_patch, predict_labels
 from ..method.model import SegUnifyModel
 from ..method.registry import IMAGENET
@@ -42,7 +43,7 @@ POTSDAM_VAL_SPLIT = "val"  # the split --val uses on a Potsdam folder (a fixed s
 TEST_SPLITS = ("test", "all")  # Potsdam splits that hold labelled_test.txt
 
 
-def _folder_samples(root: Path, bands) -> tuple[Iterable[EvalSample], int]:
+def _folder_samples(root: Location, bands) -> tuple[Iterable[EvalSample], int]:
     pairs = folder_pairs(root)
     classes = 0
     for _, label in pairs:
@@ -56,7 +57,7 @@ def _folder_samples(root: Path, bands) -> tuple[Iterable[EvalSample], int]:
     return samples(), classes
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Location) -> str:
     from ..files.manifest import file_sha256
 
     return "sha256:" + file_sha256(path)[:20]
@@ -68,13 +69,15 @@ def validated_images(model: SegUnifyModel) -> set[str]:
     return set(validation.get("images", []))
 
 
-def check_not_validated(model: SegUnifyModel, data: Path, split: str) -> None:
+def check_not_validated(model: SegUnifyModel, data: Location, split: str) -> None:
     """Refuse to score a model on test data it picked its checkpoint on (biased scores)."""
     seen = validated_images(model)
     if not seen:
         return
-    root = potsdam_root(data)
-    if root is not None:
+    root = potsdam_root(data) if isinstance(data, Path) else None
+    if not isinstance(data, Path):  # an s3:// prefix with images/ and labels/
+        keys = {_file_digest(image) for image, _ in folder_pairs(data)}
+    elif root is not None:
         if split not in TEST_SPLITS:
             return  # train/val scores are for diagnosis; only test numbers must be unbiased
         keys = {f"potsdam:{i}" for i in potsdam_ids(root, split)}
@@ -96,11 +99,19 @@ def evaluate(model: SegUnifyModel, data: str | Path, split: str = settings.EVAL_
     """Accumulate one confusion matrix over the data set, then score it with one assignment.
 
     Refuses (SegUnifyError) test data the model says it validated on."""
-    data = Path(data)
+    if is_url(str(data)) and not is_object_store(str(data)):
+        raise SegUnifyError(f"Evaluation data '{data}' is a URL but not an s3:// prefix; give a local folder or an "
+                            "s3:// prefix holding images/ and labels/.")
+    data = location(data)
     check_not_validated(model, data, split)
-    root = potsdam_root(data)
-    if root is not None:
-        samples: Iterable[EvalSample] = potsdam_eval_samples(root, split, resolution)
+    root = potsdam_root(data) if isinstance(data, Path) else None
+    samples: Iterable[EvalSample]
+    protocol: dict[str, Any]
+    if not isinstance(data, Path):  # an s3:// prefix with images/ and labels/
+        samples, n_classes = _folder_samples(data, model.config.bands)
+        protocol = {"dataset": "folder", "root": data, "split": "all", "resolution": "native"}
+    elif root is not None:
+        samples = potsdam_eval_samples(root, split, resolution)
         n_classes = 3
         protocol = {"dataset": "potsdam-3", "root": str(root), "split": split, "resolution": resolution}
     elif (data / "images").is_dir() and (data / "labels").is_dir():

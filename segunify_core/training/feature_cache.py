@@ -23,6 +23,7 @@ import torch
 from .. import settings
 from ..errors import SegUnifyError
 from ..files.atomic import atomic_path
+from ..files.remote import Location, is_url, stat_key
 from ..method.backbone import Backbone
 from ..method.inference import window_features
 from ..method.registry import IMAGENET, Normalization
@@ -38,7 +39,10 @@ def default_cache_dir() -> Path:
     return base / "features"
 
 
-def _file_fingerprint(path: Path) -> list:
+def _file_fingerprint(path: Location) -> list:
+    if is_url(str(path)):  # a URL: its size and ETag/Last-Modified
+        return [str(path), *stat_key(path)]
+    path = Path(path)
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
 
