@@ -77,6 +77,7 @@ class Backbone(nn.Module):
         self.patch_size = patch_size(model)
         self.feature_dim = int(model.num_features)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))  # class + register tokens
+        self.rotary = registry.is_eva(model)  # rotary position embedding (DINOv3): see _fusable
         self.normalization = normalization or normalization_of(model)
         self.register_buffer("mean", torch.tensor(self.normalization.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.normalization.std).view(1, 3, 1, 1), persistent=False)
@@ -184,11 +185,13 @@ class Backbone(nn.Module):
         By default ("auto") only bfloat16 runs fused: there oneDNN's fused attention beats eager
         PyTorch (0.84-0.93 against about 0.47 of the matrix-product rate on AVX-512 BF16). In
         float32 eager PyTorch's flash attention, one window at a time, is faster (0.80 against
-        0.61 for the fused graph on an AVX2 CPU, ViT-S/8, 320 px).
+        0.61 for the fused graph on an AVX2 CPU, ViT-S/8, 320 px). DINOv3 (timm's Eva) runs eager
+        under "auto": its rotary position embedding splits the attention oneDNN would fuse, and the
+        graph took twice eager's time (4 windows of 320 px, ViT-S/16, bf16 on AMX: 3.6 s against 1.8 s).
         """
         if self.fuse is False or x.device.type != "cpu" or self.precision not in ("fp32", "bf16"):
             return False
-        return self.fuse is True or self.precision == "bf16"
+        return self.fuse is True or (self.precision == "bf16" and not self.rotary)
 
     def _fused(self, chunk: torch.Tensor) -> FusedGraph | None:
         """The fused graph for this chunk's window size and number of windows (built on first
