@@ -23,6 +23,7 @@ from ..method.backbone import Backbone, create_backbone
 from ..method.checkpoints import WeightsFile
 from ..method.legend import Legend
 from ..method.model import ModelConfig, SegUnifyModel
+from ..method.student import FAST_KIND, fast_model_from_file
 from .atomic import atomic_path
 
 FORMAT_NAME = "segunify-model"
@@ -156,6 +157,8 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
     and `fuse`) from `backbone_weights`, else from the checkpoint the model records, else the hub.
     Weights whose SHA-256 differs from the recorded checkpoint's are refused."""
     meta, tensors = read_model_file(path)
+    if meta.get("kind") == FAST_KIND:  # a distilled fast model: the whole network is in the file
+        return fast_model_from_file(path, meta, tensors)  # type: ignore[return-value]  # same job interface
     config = model_config(meta["config"])
     recorded = recorded_weights(meta)
     if backbone is None:
