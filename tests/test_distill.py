@@ -116,6 +116,7 @@ def _one_error(run: subprocess.CompletedProcess) -> str:
 def test_bad_inputs_give_one_sentence_and_no_file(teacher, fast, data, tiny_weights, tmp_path):
     out = tmp_path / "fast.safetensors"
     common = ["-o", out, "--backbone-weights", tiny_weights, "--cache-dir", tmp_path / "cache", *CHEAP]
+    (tmp_path / "empty").mkdir()
     empty = write_geotiff(tmp_path / "empty" / "nodata.tif", np.zeros((3, 200, 200), np.uint8), nodata=0)
     assert "No valid pixels" in _one_error(cli("distill", teacher, empty, *common, check=False))
     assert "not a teacher" in _one_error(cli("distill", fast, data, *common, check=False))

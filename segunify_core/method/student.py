@@ -78,13 +78,15 @@ class FastModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = _encoder(config.encoder, pretrained)
-        info = self.encoder.feature_info
-        channels, d = info.channels(), config.decoder_dim
+        encoder: Any = self.encoder  # timm's FeatureListNet: feature_info and pretrained_cfg
+        channels, d = encoder.feature_info.channels(), config.decoder_dim
         self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in channels)
         self.fuse = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(d, config.n_clusters, 1)
-        cfg = self.encoder.pretrained_cfg if hasattr(self.encoder, "pretrained_cfg") else {}
+        cfg: dict[str, Any] = dict(getattr(encoder, "pretrained_cfg", None) or {})
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
         for module in self.modules():
@@ -148,7 +150,7 @@ def _thread_independent(conv: nn.Conv2d) -> None:
         bias = conv.bias.double() if conv.bias is not None else None
         return F.conv2d(x.double(), conv.weight.double(), bias, conv.stride).to(x.dtype)
 
-    conv.forward = run  # type: ignore[method-assign]
+    conv.forward = run  # type: ignore[method-assign,assignment]
 
 
 def new_fast_model(config: FastConfig, seed: int, pretrained: str | Path | None = None) -> FastModel:
