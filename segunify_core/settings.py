@@ -183,8 +183,8 @@ def option(default: Any = dataclasses.MISSING, help: str | Mapping[str, str] = "
     commands: the CLI commands that offer it (empty: API only). flag: the CLI flag when it is not
     --field-name. negatable: a boolean with --x/--no-x (else a plain --x flag).
     unset_on_cli: the CLI option defaults to None, so the command sees whether it was given.
-    plugin_default: the dialog's default where it deliberately differs. kind: "bands" or "path"
-    for values the CLI parses or checks specially.
+    plugin_default: the dialog's default where it deliberately differs. kind: "bands", "path" (a file)
+    or "folder" for values the CLI parses or checks specially.
     """
     meta = {"help": help, "label": label, "minimum": minimum, "maximum": maximum,
             "choices": tuple(choices) if choices else None, "result": result, "advanced": advanced,
@@ -325,7 +325,7 @@ class DistillOptions(Declared):
     checkpoint_every: int = option(DISTILL_CHECKPOINT_EVERY, "Steps between resumable states.", minimum=MIN_INTERVAL,
                                    commands=(DISTILL,))
     cache_dir: str | None = option(None, "Teacher probability cache folder (default: the cache folder's teacher/).",
-                                   kind="path", commands=(DISTILL,))
+                                   kind="folder", commands=(DISTILL,))
 
 
 # Environment switches: read only through `environment()`, each time it is called (a command reads
