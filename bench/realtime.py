@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=300, help="training steps of the teachers")
     parser.add_argument("--teacher-windows", type=int, default=96, help="training windows of the teachers")
     parser.add_argument("--no-samples", action="store_true")
+    parser.add_argument("--no-generated", action="store_true", help="only the sample rasters (and no speed figures)")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models and rasters here")
     args = parser.parse_args()
@@ -110,6 +111,9 @@ def main() -> None:
             write_geotiff(gen_test / f"scene{seed}.tif", make_blobs(640, 640, seed=seed, cells=40)[0])
         sets["generated"] = {"teacher": [gen_train], "train": [gen_train], "test": sorted(gen_test.glob("*.tif")),
                              "classes": 3, "seen": set()}
+        if args.no_generated:
+            del sets["generated"]
+            args.no_speed = True
         folder = samples_dir()
         if folder is not None and not args.no_samples:
             sets["samples"] = {"teacher": [folder / n for n in SAMPLE_TEACHER], "train": [folder / n for n in SAMPLE_DISTIL],
