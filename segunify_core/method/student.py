@@ -42,7 +42,7 @@ class FastConfig:
     stride: int = settings.STUDENT_STRIDE  # model px: window - stride is twice the halo
     gsd: float | None = None  # the teacher's
     bands: list[int] | None = None  # the teacher's
-    backbone: str = ""  # the teacher's backbone (for reports)
+    backbone: str | None = None  # the teacher's backbone (for reports)
 
     @property
     def n_clusters(self) -> int:
