@@ -1,7 +1,7 @@
 """The speed suite: every figure as a ratio measured within one run (absolute times on shared
 machines do not compare across runs). Prints one JSON object per line.
 
-    python bench/run.py [--quick] [--family speed|scale] [--device cpu|cuda [--dry-run]]
+    python bench/run.py [--quick] [--family speed|backbone|backbones|scale|realtime] [--device cpu|cuda [--dry-run]]
 
 1. backbone efficiency: achieved FLOP/s of the backbone, run as the pipeline runs it (320 px
    windows with their mirrors in one call; in bfloat16 a fused oneDNN graph, in float32 eager
@@ -26,6 +26,9 @@ machines do not compare across runs). Prints one JSON object per line.
    one-off start is reported as warmup_s. 2k and 4k: best of two runs; 8k: one run.
 5. training: time per step on cached features against the first pass (bench/train_cache.py).
 
+`--family realtime` runs bench/realtime.py instead: megapixels per second end to end of the ViT-S/8
+teacher at defaults and of each distilled fast model on a 4096 px raster, their peak memory, and the
+students' label agreement with the teacher on rasters distillation never saw.
 `--family backbone` runs only item 1 (both backbones; about 3 minutes on 2 cores).
 `--family backbones` runs item 1's measure for every registered backbone (random weights, no
 file) at its default window (WINDOW rounded to a multiple of its patch size: 320 px for /8 and
@@ -281,10 +284,10 @@ def main() -> None:
                         help="as tile-segment's --precision (auto: bf16 on CPUs with native bfloat16)")
     parser.add_argument("--scaling-backbone", default="vit_tiny_patch16_224",
                         help="backbone of the scaling runs (dino_vits8 makes the 8k run take 20-45 min)")
-    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "backbones", "scale"],
+    parser.add_argument("--family", default="speed", choices=["speed", "backbone", "backbones", "scale", "realtime"],
                         help="speed: the figures above; backbone: item 1 only; backbones: item 1 and the cost "
                              "per megapixel of every registered backbone; scale: the Dask engine's figures "
-                             "(bench/scale.py)")
+                             "(bench/scale.py); realtime: teacher against distilled fast models (bench/realtime.py)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU figures instead (bench/gpu.py: end to end on 8k, backbone share, memory)")
     parser.add_argument("--dry-run", action="store_true",
@@ -300,6 +303,10 @@ def main() -> None:
             sys.exit("bench: --device cuda needs a CUDA GPU that PyTorch sees; add --dry-run to check the path on CPU.")
         else:
             gpu.run("cuda", **gpu.FULL)
+        return
+    if args.family == "realtime":  # speed, memory and agreement of fast models against their teacher
+        subprocess.run([sys.executable, str(Path(__file__).with_name("realtime.py")),
+                        *(["--quick"] if args.quick else [])], check=True)
         return
     if args.family == "scale":
         import scale

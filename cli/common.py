@@ -16,24 +16,29 @@ from segunify_core.method.model import SegUnifyModel
 
 @overload
 def prepare(model_path: str, backbone: str, backbone_weights: str | None, device_name: str,
-            precision: str, quiet: bool) -> tuple[SegUnifyModel, Backbone, torch.device]: ...
+            precision: str, quiet: bool) -> tuple[SegUnifyModel, Backbone | None, torch.device]: ...
 @overload
 def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
-            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]: ...
+            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone | None, torch.device]: ...
 def prepare(model_path: str | None, backbone: str, backbone_weights: str | None, device_name: str,
-            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone, torch.device]:
-    """The model (when a model file is given) and its backbone, or a backbone by name, on the device."""
+            precision: str, quiet: bool) -> tuple[SegUnifyModel | None, Backbone | None, torch.device]:
+    """The model (when a model file is given) and its backbone (None for a fast model), or a backbone by
+    name, on the device."""
     device = resolve_device(device_name)
     chosen, fuse = choose_precision(precision, device), eager_switch()
+    bb: Backbone | None
     if model_path:
         model = load_model(model_path, backbone_weights=backbone_weights, precision=chosen, fuse=fuse)
-        bb = model.attached_backbone
+        bb = model.backbone  # None for a fast (distilled) model: its network is all in the file
     else:
         model, bb = None, create_backbone(backbone, backbone_weights, precision=chosen, fuse=fuse)
-    bb.to(device)
+    if bb is not None:
+        bb.to(device)
     if not quiet:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        click.echo(f"device: {device.type} ({name}), backbone {bb.spec.name} in {bb.precision}", err=True)
+        what = f"backbone {bb.spec.name} in {bb.precision}" if bb is not None else \
+            f"fast model ({getattr(getattr(model, 'config', None), 'encoder', '')})"
+        click.echo(f"device: {device.type} ({name}), {what}", err=True)
     return model, bb, device
 
 

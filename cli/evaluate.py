@@ -54,7 +54,7 @@ def command(ctx, model_path, data, split, resolution, batch_size, as_json, crf, 
         progress.close()
     training = model.metadata.get("training") or {}
     validation = training.get("validation")
-    protocol = {**protocol, "precision": model.backbone.precision, "crf": crf_backend.name if crf_backend else "none",
+    protocol = {**protocol, "precision": getattr(model.backbone, "precision", "fp32"), "crf": crf_backend.name if crf_backend else "none",
                 "flip": flip, "model": str(model_path), "backbone": model.config.backbone,
                 "preset": (training.get("config") or {}).get("preset"),
                 "checkpoint": (f"step {validation['best_step']} (best validation mIoU)" if validation

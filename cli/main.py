@@ -1,4 +1,4 @@
-"""`segunify`: train, tile-segment, evaluate, vectorize, classes, batch, backbones."""
+"""`segunify`: train, tile-segment, evaluate, vectorize, classes, batch, backbones, distill."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import click
 
 from segunify_core.method.backbone import reuse_freed_memory
 
-from . import backbones, batch, check, classes, evaluate, tile_segment, train, vectorize
+from . import backbones, batch, check, classes, distill, evaluate, tile_segment, train, vectorize
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +22,7 @@ def cli(ctx: click.Context, debug: bool, progress: str) -> None:
     reuse_freed_memory()  # this process is ours: tune its allocator for the backbone's activations
 
 
-for module in (train, tile_segment, evaluate, vectorize, classes, batch, backbones, check):
+for module in (train, tile_segment, evaluate, vectorize, classes, batch, backbones, check, distill):
     cli.add_command(module.command)
 
 

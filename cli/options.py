@@ -66,6 +66,8 @@ def _click_type(field: dataclasses.Field, meta: dict[str, Any]) -> Any:
         return click.Choice(meta["choices"])
     if meta["kind"] == "path":
         return click.Path(dir_okay=False)
+    if meta["kind"] == "folder":
+        return click.Path(file_okay=False)
     low, high = meta["minimum"], meta["maximum"]
     if field.type is int or field.type == "int":
         return click.IntRange(low, high) if low is not None or high is not None else int

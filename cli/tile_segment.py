@@ -72,6 +72,7 @@ def command(ctx, input_path, output_path, asset, model_path, save_model_path, re
             click.echo(f"self-fit: {settings.MAP_CLASSES} classes (the default); choose another number with --classes "
                        "K, or a trained model with --model MODEL.", err=True)
     model, bb, dev = prepare(model_path, backbone, backbone_weights, device, precision, quiet)
+    fit_backbone = bb if model is None else None
     progress = progress_for(ctx, quiet)
     try:
         with open_crf(crf) as refiner, dask_client(cluster, scheduler, scheduler_file, quiet) as client:
@@ -79,10 +80,11 @@ def command(ctx, input_path, output_path, asset, model_path, save_model_path, re
                 click.echo(f"CRF: {refiner.name}", err=True)
             job = JobSpec.build([input_path], [output_path], SegmentOptions(**segment, device=dev.type, resume=resume),
                                 model_file=model_path, fit=SelfFitOptions(**fit) if model is None else None,
-                                backbone=bb.spec.name if model is None else None, backbone_weights=backbone_weights,
+                                backbone=fit_backbone.spec.name if fit_backbone is not None else None,
+                                backbone_weights=backbone_weights,
                                 crf=refiner.name if refiner is not None else "none", cluster=cluster,
                                 scheduler=scheduler, scheduler_file=scheduler_file)
-            report = run_job(job, model, bb if model is None else None, refiner, client, progress)
+            report = run_job(job, model, fit_backbone, refiner, client, progress)
     finally:
         progress.close()
     raster = report.rasters[0]

@@ -1,4 +1,4 @@
-"""The SegUnify Processing algorithms: segment, train, vectorize, classes, check_environment,
+"""The SegUnify Processing algorithms: segment, train, distill, vectorize, classes, check_environment,
 install_environment.
 
 Each algorithm only turns its parameters into `segunify` CLI arguments; the work happens in the
@@ -106,19 +106,20 @@ def _advanced(param):
 # Segment raster's settings come from their declarations in settings.py (SelfFitOptions,
 # SegmentOptions): every tile-segment setting with a dialog label is a parameter, named after its
 # CLI flag, with the declared label, default, range or choices, and becomes that flag again.
-def _offered(cls):
+def _offered(cls, command=settings.TILE_SEGMENT):
     return [(field, meta) for field, meta in settings.declared(cls)
-            if meta["label"] is not None and settings.TILE_SEGMENT in meta["commands"]]
+            if meta["label"] is not None and command in meta["commands"]]
 
 
 def _parameter_name(field) -> str:
     return settings.flag_name(field)[2:].replace("-", "_").upper()
 
 
-def declared_parameters(cls) -> list:
-    """The dialog parameters of the declared settings of `cls` (after INPUT, the bands' layer)."""
+def declared_parameters(cls, command=settings.TILE_SEGMENT) -> list:
+    """The dialog parameters of the declared settings of `cls` (after INPUT, the bands' layer) that
+    `command` offers."""
     params = []
-    for field, meta in _offered(cls):
+    for field, meta in _offered(cls, command):
         name, label = _parameter_name(field), meta["label"]
         default = meta["plugin_default"] if meta["plugin_default"] is not None else field.default
         if meta["kind"] == "bands":
@@ -138,10 +139,10 @@ def declared_parameters(cls) -> list:
     return params
 
 
-def declared_arguments(alg, cls, parameters, context) -> list:
-    """The CLI arguments of the dialog's values for the declared settings of `cls`."""
+def declared_arguments(alg, cls, parameters, context, command=settings.TILE_SEGMENT) -> list:
+    """The CLI arguments of the dialog's values for the declared settings of `cls` (of `command`)."""
     args = []
-    for field, meta in _offered(cls):
+    for field, meta in _offered(cls, command):
         name, flag = _parameter_name(field), settings.flag_name(field)
         if meta["kind"] == "bands":
             bands = [b for b in alg.parameterAsInts(parameters, name, context) if b > 0]
@@ -353,6 +354,62 @@ class TrainAlgorithm(_Base):
             args += ["--" + name.lower().replace("_", "-"), repr(self.parameterAsDouble(parameters, name, context))]
         args += self._backbone_args(parameters, context)
         self._run(args, feedback, {"features": (0.0, 40.0), "train": (40.0, 100.0)}, [out])
+        return {"OUTPUT": out}
+
+
+class DistillAlgorithm(_Base):
+    """Distil a fast model: `segunify distill MODEL DATA -o FAST`, its options declared in settings.py."""
+
+    def name(self):
+        return "distill"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Distil a fast model"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Distils a trained model into a fast model: a small convolutional network that reproduces the model's "
+            "classes at a fraction of the cost, for large areas or repeated runs. The fast model file is used in "
+            "'Segment raster' like any model (same legend, colours, resolution and bands).\n\n"
+            "Model file: the teacher, from 'Train model' (or a self-fit saved from the command line).\n"
+            "Input raster / Folder of orthophotos: the data to distil on (one raster, or a folder searched for images).\n"
+            "Student encoder: the network (mobilenetv3_large_100 is the fastest, resnet18 the most faithful).\n"
+            "Steps: distillation steps (more: closer to the teacher). Teacher windows: windows sampled from the "
+            "data; the teacher's probabilities on them are computed once and cached.\nFast model file: the output "
+            "(.safetensors).\n\nAdvanced: Crops per step, Crop (model px), Learning rate, Seed, Teacher flip "
+            "averaging and Teacher CRF (the teacher's pipeline: keep what you segment with). Backbone weights file: "
+            "the teacher's local checkpoint for machines without internet. Device: auto uses a CUDA GPU when "
+            "PyTorch sees one.\n\nSpeed: on a 2-core CPU the teacher pass takes about 1 s per window; each step "
+            "about a second.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster", optional=True))
+        self.addParameter(QgsProcessingParameterFile("FOLDER", "Folder of orthophotos", behavior=FILE_FOLDER,
+                                                     optional=True))
+        for param in declared_parameters(settings.DistillOptions, settings.DISTILL):
+            self.addParameter(param)
+        self.addParameter(_advanced(QgsProcessingParameterFile("BACKBONE_WEIGHTS", "Backbone weights file (offline)",
+                                                               optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterEnum("DEVICE", "Device", options=list(settings.DEVICES),
+                                                               defaultValue=settings.DEVICES.index(settings.DEVICE))))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Fast model file",
+                                                                "SegUnify model (*.safetensors)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        folder = self.parameterAsFile(parameters, "FOLDER", context)
+        data = folder or (_file_path(self.parameterAsRasterLayer(parameters, "INPUT", context), parameters.get("INPUT"))
+                          if parameters.get("INPUT") else None)
+        if not data:
+            raise QgsProcessingException("No data to distil on; choose an input raster or a folder of orthophotos.")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not out.endswith(".safetensors"):
+            out += ".safetensors"
+        args = ["distill", model, data, "-o", out,
+                *declared_arguments(self, settings.DistillOptions, parameters, context, settings.DISTILL),
+                *self._backbone_args(parameters, context)]
+        self._run(args, feedback, {"teacher": (0.0, 40.0), "distill": (40.0, 100.0)}, [out])
         return {"OUTPUT": out}
 
 

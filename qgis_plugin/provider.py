@@ -45,13 +45,14 @@ class SegUnifyProvider(QgsProcessingProvider):
         from .algorithms import (
             CheckEnvironmentAlgorithm,
             ClassesAlgorithm,
+            DistillAlgorithm,
             InstallEnvironmentAlgorithm,
             SegmentAlgorithm,
             TrainAlgorithm,
             VectorizeAlgorithm,
         )
 
-        for alg in (SegmentAlgorithm(), TrainAlgorithm(), VectorizeAlgorithm(), ClassesAlgorithm(),
+        for alg in (SegmentAlgorithm(), TrainAlgorithm(), DistillAlgorithm(), VectorizeAlgorithm(), ClassesAlgorithm(),
                     CheckEnvironmentAlgorithm(), InstallEnvironmentAlgorithm()):
             self.addAlgorithm(alg)
 

@@ -157,6 +157,20 @@ EVAL_RESOLUTION = 224
 EVAL_BATCH_SIZE = 8
 
 
+# Distilling (`segunify distill`, Distil a fast model): a small CNN trained on a model's probabilities.
+STUDENTS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "resnet18")  # timm encoders
+STUDENT = "mobilenetv3_large_100"
+STUDENT_DECODER_DIM = 64
+STUDENT_MULTIPLE = 32  # input sides: multiples of the encoders' total stride
+STUDENT_WINDOW = 1088  # model px: tiles of 1024 px plus a 32 px halo on each side
+STUDENT_STRIDE = 1024
+DISTILL_STEPS = 1000
+DISTILL_BATCH_SIZE = 8
+DISTILL_WINDOWS = 256  # teacher windows sampled from the data (probabilities cached on disk)
+DISTILL_CROP = 256  # model px: the student trains on random crops of the teacher's windows
+DISTILL_LR = 2e-3
+DISTILL_CHECKPOINT_EVERY = 100
+
 # --- The segmentation settings, declared once ------------------------------------------------------
 # Each field of SegmentOptions and SelfFitOptions below is the one declaration of a setting: its type,
 # default, help sentence, range or choices, and where it shows. The CLI builds its tile-segment and
@@ -182,8 +196,8 @@ def option(default: Any = dataclasses.MISSING, help: str | Mapping[str, str] = "
     commands: the CLI commands that offer it (empty: API only). flag: the CLI flag when it is not
     --field-name. negatable: a boolean with --x/--no-x (else a plain --x flag).
     unset_on_cli: the CLI option defaults to None, so the command sees whether it was given.
-    plugin_default: the dialog's default where it deliberately differs. kind: "bands" or "path"
-    for values the CLI parses or checks specially.
+    plugin_default: the dialog's default where it deliberately differs. kind: "bands", "path" (a file)
+    or "folder" for values the CLI parses or checks specially.
     """
     meta = {"help": help, "label": label, "minimum": minimum, "maximum": maximum,
             "choices": tuple(choices) if choices else None, "result": result, "advanced": advanced,
@@ -293,6 +307,40 @@ class SelfFitOptions(Declared):
     local_sets: int = option(LOCAL_SETS, "Self-fit: local prototype sets learning against the one global set.",
                              minimum=1, commands=(TILE_SEGMENT,), result=True)
     cache_dir: str | None = option(None, commands=(), kind="path")
+
+
+DISTILL = "distill"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillOptions(Declared):
+    """How a fast model is distilled from a SegUnify model (`segunify distill`, Distil a fast model)."""
+
+    student: str = option(STUDENT, "The student's timm encoder (random initialisation unless --student-weights).",
+                          label="Student encoder", choices=STUDENTS, commands=(DISTILL,))
+    steps: int = option(DISTILL_STEPS, "Distillation steps.", label="Steps", minimum=MIN_STEPS, commands=(DISTILL,))
+    batch_size: int = option(DISTILL_BATCH_SIZE, "Crops per step.", label="Crops per step", minimum=1,
+                             advanced=True, commands=(DISTILL,))
+    max_windows: int = option(DISTILL_WINDOWS, "Teacher windows sampled from the data (their probabilities are "
+                              "cached).", label="Teacher windows", minimum=1, commands=(DISTILL,))
+    crop: int = option(DISTILL_CROP, "Side of the student's training crops in model pixels (a multiple of 32).",
+                       label="Crop (model px)", minimum=STUDENT_MULTIPLE, maximum=WINDOW, advanced=True,
+                       commands=(DISTILL,))
+    lr: float = option(DISTILL_LR, "Learning rate (AdamW, cosine decay).", label="Learning rate", minimum=0.0,
+                       advanced=True, commands=(DISTILL,))
+    seed: int = option(SEED, "Random seed.", label="Seed", minimum=0, advanced=True, commands=(DISTILL,))
+    flip: bool = option(FLIP, "Teacher: average the codes of each window and its horizontal flip.",
+                        label="Teacher flip averaging", negatable=True, advanced=True, commands=(DISTILL,))
+    crf: str = option(CRF, "Teacher: dense CRF refinement of its probabilities.", label="Teacher CRF",
+                      choices=CRF_BACKENDS, advanced=True, commands=(DISTILL,))
+    student_weights: str | None = option(None, "A local checkpoint of the student encoder (timm weights) to start "
+                                         "from instead of random initialisation.", kind="path", commands=(DISTILL,))
+    checkpoint_every: int = option(DISTILL_CHECKPOINT_EVERY, "Steps between resumable states.", minimum=MIN_INTERVAL,
+                                   commands=(DISTILL,))
+    cache_dir: str | None = option(None, "Teacher probability cache folder (default: the cache folder's teacher/).",
+                                   kind="folder", commands=(DISTILL,))
+
+
 # Environment switches: read only through `environment()`, each time it is called (a command reads
 # them when it starts; nothing is cached in the process).
 ENV_EAGER = "SEGUNIFY_EAGER"  # 1: run the backbone eagerly, no fused CPU graph (debugging; features match to 1e-4)

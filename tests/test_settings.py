@@ -19,6 +19,7 @@ ALIASES = {"potsdam_split": "POTSDAM_TRAIN_SPLIT", "masks": "DROPOUT_MASKS"}
 NOT_THE_SETTING = {
     ("segunify_core/method/crf.py", "__init__", "stride"): "the CRF's kernel subsampling, not the window stride",
     ("segunify_core/training/trainer.py", "train", "resume"): "the training checkpoint (train --resume), not a job's parts",
+    ("segunify_core/training/distill.py", "distill", "resume"): "the distillation state (distill --resume), not a job's parts",
     ("bench/local_sets.py", "--batch_size", "batch_size"): "the benchmark's batch",
     ("bench/run.py", "--device", "device"): "which family of figures runs (the CPU suite or bench/gpu.py)",
     ("bench/gpu.py", "run", "device"): "the GPU figures (cpu only for their dry run)",
@@ -175,12 +176,14 @@ CLI_NAMES = {
     "tile-segment": {"batch_size": "SEGMENT_BATCH_SIZE", "fit_steps": "FIT_STEPS", "fit_windows": "FIT_WINDOWS"},
     "batch": {"batch_size": "SEGMENT_BATCH_SIZE"},
     "evaluate": {"batch_size": "EVAL_BATCH_SIZE", "split": "EVAL_SPLIT", "resolution": "EVAL_RESOLUTION"},
+    "distill": {"steps": "DISTILL_STEPS", "batch_size": "DISTILL_BATCH_SIZE", "max_windows": "DISTILL_WINDOWS",
+                "crop": "DISTILL_CROP", "lr": "DISTILL_LR", "checkpoint_every": "DISTILL_CHECKPOINT_EVERY"},
 }
 CLI_CHOICES = {"split": {"evaluate": "POTSDAM_SPLITS"}, "potsdam_split": "POTSDAM_TRAIN_SPLITS",
                "resolution": {"evaluate": "EVAL_RESOLUTIONS"}, "dropout_masks": {"train": "DROPOUT_MASKS_CHOICES"},
                "crf": "CRF_BACKENDS", "device": "DEVICES", "precision": "PRECISIONS", "lr_schedule": "LR_SCHEDULES",
                "ema_order": "EMA_ORDERS", "pairing": "PAIRINGS", "sampling": "SAMPLINGS", "resize": "RESIZE_MODES",
-               "probabilities_dtype": "PROBABILITIES_DTYPES", "preset": None}
+               "probabilities_dtype": "PROBABILITIES_DTYPES", "preset": None, "student": "STUDENTS"}
 
 
 def test_every_click_default_and_choice_list_is_the_settings_value():

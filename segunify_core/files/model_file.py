@@ -27,6 +27,7 @@ from ..method.checkpoints import WeightsFile
 from ..method.legend import Legend
 from ..method.model import ModelConfig, SegUnifyModel
 from ..method.registry import IMAGENET, Normalization
+from ..method.student import FAST_KIND, fast_model_from_file
 from .atomic import atomic_path
 
 FORMAT_NAME = "segunify-model"
@@ -189,6 +190,8 @@ def load_model(path: str | Path, backbone_weights: str | Path | None = None,
     whose normalisation, patch size or channels differ from the model's. A backbone built here
     normalises as the model records (ImageNet for files without the record, as they were trained)."""
     meta, tensors = read_model_file(path)
+    if meta.get("kind") == FAST_KIND:  # a distilled fast model: the whole network is in the file
+        return fast_model_from_file(path, meta, tensors)  # type: ignore[return-value]  # same job interface
     config = model_config(meta["config"])
     recorded = recorded_weights(meta)
     normalization = recorded_normalization(meta)

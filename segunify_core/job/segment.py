@@ -33,6 +33,7 @@ from ..files.raster_io import open_raster
 from ..files.remote import Location, location
 from ..method.backbone import Backbone
 from ..method.model import SegUnifyModel
+from ..method.student import tile_geometry
 from ..progress import Progress
 from ..settings import SegmentOptions, SelfFitOptions
 from .assembly import assemble
@@ -188,11 +189,12 @@ def run_job(job: JobSpec, model: SegUnifyModel | None = None, backbone: Backbone
     else:
         raise SegUnifyError("No model given; choose a model file (--model MODEL) or a number of classes to fit "
                             "on the input (--classes K).")
-    if options.window % patch or options.stride % patch:
+    window, stride = tile_geometry(options.window, options.stride, model)  # a fast model's own tiles by default
+    if window % patch or stride % patch:
         raise SegUnifyError(f"The window ({options.window}, --window) and stride ({options.stride}, --stride) "
                             f"must be multiples of the backbone's patch size {patch}.")
     bands = options.bands if options.bands is not None else (model.config.bands if model else None)
-    geometry = Geometry(options.window, options.stride, patch, model.config.gsd if model else None,
+    geometry = Geometry(window, stride, patch, model.config.gsd if model else None,
                         options.native_resolution)
     client = as_client(client)
     device = api_device(options.device)

@@ -45,7 +45,12 @@ def window_codes(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = settings.
 
 @torch.inference_mode()
 def window_log_probs(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = settings.FLIP) -> torch.Tensor:
-    """Per-pixel log-probabilities (B, K, H, W) of windows whose sides are patch multiples."""
+    """Per-pixel log-probabilities (B, K, H, W) of windows whose sides are patch multiples. A fast
+    (distilled) model computes them in one pass of its network (`flip` is the teacher's, distilled in)."""
+    from .student import is_fast
+
+    if is_fast(model):
+        return model.window_log_probs(rgb)  # type: ignore[operator]
     return model.log_probs_from_code(window_codes(model, rgb, flip), rgb.shape[-2:])
 
 
@@ -73,3 +78,13 @@ def predict_labels(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = setting
     if crf is not None:
         return crf(rgb, log_probs).argmax(1)
     return log_probs.argmax(1)
+
+
+@torch.inference_mode()
+def teacher_probabilities(model: SegUnifyModel, rgb: torch.Tensor, flip: bool = settings.FLIP,
+                          crf: CRF | None = None) -> torch.Tensor:
+    """What a fast model is distilled to: the probabilities (B, K, H, W) over the model's K clusters
+    (before the legend's merges) of windows whose sides are patch multiples, CRF-refined when a CRF is
+    given: the teacher's whole pipeline on one window."""
+    log_probs = model.log_probs_from_code(window_codes(model, rgb, flip), rgb.shape[-2:], merge=False)
+    return crf(rgb, log_probs) if crf is not None else log_probs.exp()

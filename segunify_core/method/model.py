@@ -86,9 +86,10 @@ class SegUnifyModel(nn.Module):
             return self.compressor(features)
 
     @torch.inference_mode()
-    def log_probs_from_code(self, code: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def log_probs_from_code(self, code: torch.Tensor, size: Sequence[int], merge: bool = True) -> torch.Tensor:
         """(B, K', H, W) log-probabilities of codes upsampled to `size`: the teacher's cosine logits,
-        log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes.
+        log-softmaxed over the K clusters, then summed (as probabilities) into the legend's K' classes
+        (merge False: the K clusters' own).
 
         Same values as `labeler.teacher_logits` on the upsampled code, computed channels-last (the
         code vector of a pixel contiguous), which is 4x faster on CPU than the channels-first form.
@@ -99,6 +100,6 @@ class SegUnifyModel(nn.Module):
         norms = torch.linalg.vector_norm(code, dim=-1, keepdim=True).clamp_min_(1e-12)
         logits = (code @ prototypes).div_(norms)
         log_probs = torch.log_softmax(logits, dim=-1)
-        if not self.legend.is_identity:  # merged clusters: their probabilities add up
+        if merge and not self.legend.is_identity:  # merged clusters: their probabilities add up
             log_probs = torch.log(log_probs.exp() @ self.legend.merge_matrix(log_probs.device, log_probs.dtype))
         return log_probs.permute(0, 3, 1, 2).contiguous()

@@ -96,20 +96,23 @@ class FeatureCache:
 
 
 def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarray] | None, window: int,
-                backbone: Backbone, flip: bool, batch_size: int = 16, device: torch.device | None = None,
+                backbone: Backbone | None, flip: bool, batch_size: int = 16, device: torch.device | None = None,
                 progress: Progress | None = None, phase: str = "features",
                 shards: Sequence[np.ndarray] | None = None, shape: tuple[int, ...] | None = None) -> FeatureCache:
     """Compute and store the features of `count` windows (and their flips); reuse a finished cache.
 
     read_window(k) returns window k as RGB (3, window, window) in 0..255. With `shards` (features
-    computed elsewhere, in window order) and their joint `shape`, they are stored instead.
+    computed elsewhere, in window order) and their joint `shape`, they are stored instead (`backbone`
+    may then be None: shards of teacher probabilities, `build_sharded_cache`, are stored the same way).
     """
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
     device = device or torch.device("cpu")
-    grid = window // backbone.patch_size
-    views = 2 if flip else 1
-    shape = shape or (count, views, backbone.feature_dim, grid, grid)
+    if shape is None:
+        if backbone is None:
+            raise ValueError("a cache without a backbone needs its shape")
+        grid = window // backbone.patch_size
+        shape = (count, 2 if flip else 1, backbone.feature_dim, grid, grid)
     need = math.prod(shape) * 2
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
@@ -129,7 +132,7 @@ def build_cache(folder: Path, count: int, read_window: Callable[[int], np.ndarra
             store[offset:offset + len(shard)] = shard
             offset += len(shard)
         for start in range(0, count, batch_size):
-            if read_window is None:  # the features came as shards
+            if read_window is None or backbone is None:  # the features came as shards
                 break
             chunk = list(range(start, min(count, start + batch_size)))
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(read_window(k))) for k in chunk]).to(device)
@@ -156,13 +159,44 @@ def _worker_backbone(name: str, weights: str | None, precision: str, device: str
     return create_backbone(name, weights, precision=precision, fuse=fuse, normalization=norm).to(torch.device(device))
 
 
+@functools.lru_cache(maxsize=1)  # likewise one teacher (a model file's whole pipeline) per process
+def _worker_teacher(model_file: str, weights: str | None, precision: str, device: str, fuse: bool | str,
+                    crf: str):
+    from ..files.model_file import load_model
+    from ..method.crf import make_crf
+
+    model = load_model(model_file, backbone_weights=weights, precision=precision, fuse=fuse)
+    return model.to(torch.device(device)).eval(), make_crf(crf, workers=1)
+
+
+# A teacher for `compute_shard`: (model file, backbone weights, precision, device, fuse, CRF name).
+TeacherSpec = tuple[str, str | None, str, str, bool | str, str]
+
+
+def _shard_values(backbone: tuple[Any, ...] | None, teacher: TeacherSpec | None,
+                  flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a shard stores of a batch of windows: backbone features (both views), or each window's RGB
+    followed by a teacher's cluster probabilities (`inference.teacher_probabilities`), (B, 3 + K, S, S)."""
+    if teacher is not None:
+        from ..method.inference import teacher_probabilities
+
+        model, crf = _worker_teacher(*teacher)
+        return lambda x: torch.cat([x, teacher_probabilities(model, x, flip, crf).float()], 1)
+    assert backbone is not None
+    net = _worker_backbone(*backbone)
+    return lambda x: window_features(net, x, flip)
+
+
 def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[TrainWindow], window: int,
-                  bands: Sequence[int] | None, backbone: tuple[Any, ...], flip: bool,
-                  batch_size: int = 16, resize: str = RESIZE_MODES[0]) -> str:
-    """Features of some windows into one shard file (atomic); returns its SHA-256. A Dask task."""
+                  bands: Sequence[int] | None, backbone: tuple[Any, ...] | None,
+                  flip: bool, batch_size: int = 16, resize: str = RESIZE_MODES[0],
+                  teacher: TeacherSpec | None = None) -> str:
+    """Features (or, with `teacher`, teacher probabilities) of some windows into one shard file
+    (atomic); returns its SHA-256. A Dask task, and the in-process step of `build_sharded_cache`."""
     from ..files.manifest import file_sha256
 
-    model = _worker_backbone(*backbone)
+    compute = _shard_values(backbone, teacher, flip)
+    device = torch.device((teacher or backbone or ("", "", "", "cpu"))[3])
     reader = TrainWindowReader(images, windows, window, bands, resize)
     try:
         with atomic_path(Path(path)) as tmp:
@@ -170,9 +204,9 @@ def compute_shard(path: str, images: Sequence[TrainingImage], windows: Sequence[
             for start in range(0, len(windows), batch_size):
                 chunk = range(start, min(len(windows), start + batch_size))
                 x = torch.stack([torch.from_numpy(np.ascontiguousarray(reader(k))) for k in chunk])
-                x = x.to(torch.device(backbone[3]))
+                x = x.to(device)
                 with torch.inference_mode():
-                    feats = window_features(model, x, flip)
+                    feats = compute(x)
                 if store is None:
                     store = np.lib.format.open_memmap(tmp, "w+", np.float16, (len(windows), *feats.shape[1:]))
                 store[start:start + len(chunk)] = feats.to(torch.float16).cpu().numpy()
@@ -189,39 +223,63 @@ def build_cache_on_cluster(folder: Path, client, images: Sequence[TrainingImage]
                            backbone_weights: str | None, flip: bool, device: str,
                            progress: Progress | None = None,
                            resize: str = RESIZE_MODES[0]) -> FeatureCache:
-    """The same cache as `build_cache`, its windows computed on the cluster's workers in shards.
+    """The same cache as `build_cache`, its windows computed on the cluster's workers in shards
+    (`build_sharded_cache`)."""
+    spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device,
+            backbone.fuse, (backbone.normalization.mean, backbone.normalization.std))
+    return build_sharded_cache(folder, client, images, windows, window, bands, flip, spec, None, device, progress,
+                               resize=resize)
+
+
+def build_sharded_cache(folder: Path, client, images: Sequence[TrainingImage], windows: Sequence[TrainWindow],
+                        window: int, bands: Sequence[int] | None, flip: bool,
+                        backbone: tuple[Any, ...] | None, teacher: TeacherSpec | None,
+                        device: str, progress: Progress | None = None, phase: str = "features",
+                        resize: str = RESIZE_MODES[0], shard_windows: int = SHARD_WINDOWS) -> FeatureCache:
+    """A cache computed in shards of `shard_windows` windows (`compute_shard`: backbone features, or
+    a teacher's probabilities), on the Dask client's workers, or in this process when client is None.
 
     Shards are recorded in a manifest (shard id -> SHA-256) as they finish; an interrupted run
-    keeps the finished shards. The driver then joins them, in window order, into the cache file."""
+    keeps the finished shards and a rerun computes only the others. The driver then joins them, in
+    window order, into the cache file."""
     from ..files.manifest import Manifest
-    from ..job.engines import prepare_workers
-    from ..job.worker import import_distributed
 
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
-    distributed = import_distributed()
-    prepare_workers(client)
     shards_dir = folder.with_name(folder.name + ".shards")
     shards_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.open(shards_dir, folder.name, resume=True)
-    starts = list(range(0, len(windows), SHARD_WINDOWS))
+    starts = list(range(0, len(windows), shard_windows))
     files = {s: shards_dir / f"shard-{s:08d}.npy" for s in starts}
     todo = [s for s in starts if not manifest.has(str(s), {"features": files[s]})]
-    spec = (backbone.spec.name, str(backbone_weights) if backbone_weights else None, backbone.precision, device,
-            backbone.fuse, (backbone.normalization.mean, backbone.normalization.std))
-    resources = {"GPU": 1} if device == "cuda" else None
-    futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + SHARD_WINDOWS], window, bands,
-                             spec, flip, resize=resize, key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
-                             resources=resources): s for s in todo}
-    done = len(windows) - sum(len(windows[s:s + SHARD_WINDOWS]) for s in todo)
-    for future in distributed.as_completed(futures):
-        start = futures[future]
-        manifest.record(str(start), {"features": future.result()})
-        done += len(windows[start:start + SHARD_WINDOWS])
+    done = len(windows) - sum(len(windows[s:s + shard_windows]) for s in todo)
+
+    def finished(start: int, sha256: str) -> None:
+        nonlocal done
+        manifest.record(str(start), {"features": sha256})
+        done += len(windows[start:start + shard_windows])
         if progress:
-            progress("features", done, len(windows))
+            progress(phase, done, len(windows))
+
+    if client is None:
+        for s in todo:
+            finished(s, compute_shard(str(files[s]), images, windows[s:s + shard_windows], window, bands, backbone,
+                                      flip, resize=resize, teacher=teacher))
+    else:
+        from ..job.engines import prepare_workers
+        from ..job.worker import import_distributed
+
+        distributed = import_distributed()
+        prepare_workers(client)
+        resources = {"GPU": 1} if device == "cuda" else None
+        futures = {client.submit(compute_shard, str(files[s]), images, windows[s:s + shard_windows], window, bands,
+                                 backbone, flip, resize=resize, teacher=teacher,
+                                 key=f"segunify-cache-{folder.name}-{s}", pure=False, retries=2,
+                                 resources=resources): s for s in todo}
+        for future in distributed.as_completed(futures):
+            finished(futures[future], future.result())
     shards = [np.load(files[s], mmap_mode="r") for s in starts]
     shape = (len(windows), *shards[0].shape[1:])
-    build_cache(folder, len(windows), None, window, backbone, flip, shards=shards, shape=shape)
+    build_cache(folder, len(windows), None, window, None, flip, shards=shards, shape=shape)
     shutil.rmtree(shards_dir, ignore_errors=True)
     return FeatureCache(folder)

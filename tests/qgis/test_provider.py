@@ -19,12 +19,12 @@ from tests.helpers import wait_gone, with_made_up_setting
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 
 
-def test_provider_has_six_algorithms():
+def test_provider_has_seven_algorithms():
     provider = QgsApplication.processingRegistry().providerById("segunify")
     assert provider is not None
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["segunify:check_environment", "segunify:classes", "segunify:install_environment", "segunify:segment",
-                   "segunify:train",
+    assert ids == ["segunify:check_environment", "segunify:classes", "segunify:distill",
+                   "segunify:install_environment", "segunify:segment", "segunify:train",
                    "segunify:vectorize"]
     for alg in provider.algorithms():  # the help explains every parameter the dialog shows, by its label
         help_text = alg.shortHelpString().lower()
@@ -34,7 +34,9 @@ def test_provider_has_six_algorithms():
 
 
 # Plugin parameter -> the CLI command and flag it becomes (processAlgorithm builds the same flags).
-CLI_COMMAND = {"segunify:segment": "tile-segment", "segunify:train": "train", "segunify:vectorize": "vectorize"}
+CLI_COMMAND = {"segunify:segment": "tile-segment", "segunify:train": "train", "segunify:vectorize": "vectorize",
+               "segunify:distill": "distill"}
+CLI_ARGUMENTS = {("segunify:distill", "MODEL"), ("segunify:distill", "FOLDER")}  # distill's MODEL and DATA
 CLI_FLAG_ELSEWHERE = {("segunify:segment", "MIN_AREA"): ("vectorize", "--min-area")}  # Segment's polygons step
 NOT_OPTIONS = {"INPUT", "OUTPUT", "OUTPUT_VECTOR"}  # CLI arguments (and train's -o/--output), not options
 # The one deliberate difference (segunify_core/settings.py): the dialogs start analysts at MAP_CLASSES.
@@ -73,7 +75,7 @@ def test_plugin_parameters_match_the_cli():
         alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
         for param in alg.parameterDefinitions():
             name = param.name()
-            if name in NOT_OPTIONS:
+            if name in NOT_OPTIONS or (alg_id, name) in CLI_ARGUMENTS:
                 continue
             where, flag = CLI_FLAG_ELSEWHERE.get((alg_id, name), (command, "--" + name.lower().replace("_", "-")))
             option = cli[where].get(flag)
@@ -94,7 +96,7 @@ def test_plugin_parameters_match_the_cli():
             else:  # optional files and bands: the CLI leaves them unset too
                 assert option["default"] is None and param.flags() & param.FlagOptional, f"{alg_id} {name}"
             compared += 1
-    assert compared == 31  # 13 Segment + 16 Train + 2 Vectorize parameters
+    assert compared == 42  # 13 Segment + 16 Train + 2 Vectorize + 11 Distil parameters
     tile = cli["tile-segment"]["--classes"]  # the dialogs' class count is one the CLI accepts
     assert tile["min"] <= settings.MAP_CLASSES <= tile["max"] and cli["train"]["--classes"]["default"] == settings.CLASSES
 
@@ -384,3 +386,25 @@ def test_qgis_process_name_and_merge_then_segment(plugin_dir, sample_copy, tiny_
     assert polygons.isValid() and "class_name" in polygons.fields().names()
     found = {f["class_name"] for f in polygons.getFeatures()}
     assert found <= set(names) and len(found) >= 2
+
+
+def test_distil_on_a_sample_then_segment_with_the_fast_model(sample_copy, tiny_weights, tmp_path):
+    """Train a tiny teacher, name its classes, distil it on a sample raster, segment with the fast model:
+    the class raster carries the teacher's legend names."""
+    src = sample_copy("rasterio/rgb1.tif")
+    teacher, named, fast = tmp_path / "teacher.safetensors", tmp_path / "named.safetensors", tmp_path / "fast.safetensors"
+    processing.run("segunify:train", {
+        "INPUT": str(src.parent), "CLASSES": 3, "STEPS": 5, "BATCH_SIZE": 4, "WINDOW": 224, "MAX_WINDOWS": 4,
+        "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(teacher)})
+    processing.run("segunify:classes", {"MODEL": str(teacher), "TABLE": ["1", "roofs", "", "", "2", "fields", "", "",
+                                                                           "3", "water", "", ""],
+                                        "OUTPUT": str(named)})
+    result = processing.run("segunify:distill", {
+        "MODEL": str(named), "INPUT": str(src), "STUDENT": 0, "STEPS": 4, "BATCH_SIZE": 2, "MAX_WINDOWS": 2,
+        "CROP": 96, "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(fast)})
+    assert result["OUTPUT"] == str(fast) and fast.stat().st_size > 0
+    classes = tmp_path / "fast_classes.tif"
+    processing.run("segunify:segment", {"INPUT": str(src), "MODEL": str(fast), "OUTPUT": str(classes)})
+    layer = QgsRasterLayer(str(classes), "c")  # names come with the raster itself (GDAL category names)
+    assert layer.isValid()
+    assert [label for label, _ in layer.renderer().legendSymbologyItems()] == ["roofs", "fields", "water"]
