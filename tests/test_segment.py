@@ -242,7 +242,7 @@ def test_self_fit_cli(tiny_weights, tmp_path):
     src = write_geotiff(tmp_path / "in.tif", img)
     out, saved = tmp_path / "out.tif", tmp_path / "fitted.safetensors"
     run = subprocess.run(CLI + ["tile-segment", str(src), str(out), "--classes", "3", "--backbone",
-                                "vit_tiny_patch16_224", "--backbone-weights", str(tiny_weights), "--window", "224",
+                                "deit_tiny_patch16_224", "--backbone-weights", str(tiny_weights), "--window", "224",
                                 "--stride", "160", "--fit-steps", "100", "--save-model", str(saved)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr

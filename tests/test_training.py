@@ -16,7 +16,7 @@ class CountingBackbone(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = inner, 0
         self.spec, self.patch_size, self.feature_dim, self.precision = inner.spec, inner.patch_size, inner.feature_dim, "fp32"
-        self.weights = inner.weights
+        self.weights, self.normalization = inner.weights, inner.normalization
 
     def forward(self, x):
         self.calls += 1

@@ -92,7 +92,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     """Random-weight timm checkpoint of a small ViT, written by the SegUnify environment."""
     path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.safetensors"
     code = ("import sys, timm, torch\nfrom safetensors.torch import save_file\ntorch.manual_seed(0)\n"
-            "m = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0)\n"
+            "m = timm.create_model('deit_tiny_patch16_224', pretrained=False, num_classes=0)\n"
             "save_file({k: v.contiguous() for k, v in m.state_dict().items()}, sys.argv[1])\n")
     subprocess.run([str(VENV_PYTHON), "-c", code, str(path)], check=True, timeout=300)
     return path

@@ -204,7 +204,7 @@ def test_headless_offline_install_then_segment(workspace, bundle, qgis_env, tiny
     data.mkdir()
     shutil.copy(samples / "rasterio" / "rgb1.tif", data / "ortho 1.tif")
     seg = subprocess.run([QGIS_PROCESS, "run", "segunify:segment", "--", f"INPUT={data / 'ortho 1.tif'}", "CLASSES=3",
-                          "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}", "WINDOW=224",
+                          "BACKBONE=deit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}", "WINDOW=224",
                           "STRIDE=176"], env=qgis_env, capture_output=True, text=True, timeout=1800)
     assert seg.returncode == 0, seg.stdout[-4000:] + seg.stderr[-4000:]
     out = data / "ortho 1_segunify.tif"

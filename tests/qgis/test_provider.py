@@ -141,7 +141,7 @@ def test_segment_with_processing_run(samples, tiny_weights, tmp_path):
         loaded.append(handleAlgorithmResults(alg, context, feedback, showResults=False))
 
     result = processing.run("segunify:segment", {
-        "INPUT": str(src), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights),
+        "INPUT": str(src), "CLASSES": 3, "BACKBONE": "deit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights),
         "WINDOW": 224, "STRIDE": 160, "OUTPUT": QgsProcessingOutputLayerDefinition(str(out), project),
         "OUTPUT_VECTOR": str(tmp_path / "polys.gpkg"), "MIN_AREA": 50.0}, onFinish=on_finish, context=context)
     assert result["OUTPUT"] == str(out)
@@ -176,7 +176,7 @@ def test_cancel_kills_child_and_leaves_no_output(sample_copy, tiny_weights, tmp_
     feedback = CancelAt(60.0)  # self-fit phases take 0-50 %; 60 % is inside the segmentation
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         processing.run("segunify:segment", {
-            "INPUT": str(sample_copy("rasterio/cogeo.tif")), "CLASSES": 3, "BACKBONE": "vit_tiny_patch16_224",
+            "INPUT": str(sample_copy("rasterio/cogeo.tif")), "CLASSES": 3, "BACKBONE": "deit_tiny_patch16_224",
             "BACKBONE_WEIGHTS": str(tiny_weights), "WINDOW": 224, "STRIDE": 96, "BATCH_SIZE": 1,
             "OUTPUT": str(out)}, feedback=feedback)
     assert feedback.cancelled_at is not None
@@ -238,7 +238,7 @@ def test_qgis_process_segment(plugin_dir, sample_copy, tiny_weights, tmp_path):
     out = tmp_path / "classes.tif"
     src = sample_copy("rasterio/cogeo.tif")
     run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={src}",
-                       "CLASSES=3", "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}",
+                       "CLASSES=3", "BACKBONE=deit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}",
                        "WINDOW=224", "STRIDE=160", f"OUTPUT={out}")
     assert run.returncode == 0, run.stdout + run.stderr
     layer = QgsRasterLayer(str(out), "out")
@@ -252,7 +252,7 @@ def test_qgis_process_bad_input(plugin_dir, tiny_weights, tmp_path):
     bad.write_text("this is a text file, not a raster\n")
     out = tmp_path / "classes.tif"
     run = qgis_process(plugin_dir, "run", "segunify:segment", "--", f"INPUT={bad}", "CLASSES=3",
-                       "BACKBONE=vit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}", f"OUTPUT={out}")
+                       "BACKBONE=deit_tiny_patch16_224", f"BACKBONE_WEIGHTS={tiny_weights}", f"OUTPUT={out}")
     assert run.returncode != 0
     assert "is not a raster GDAL can read" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
@@ -320,7 +320,7 @@ def test_train_then_segment_with_model_then_vectorize(samples, sample_copy, tiny
     model = tmp_path / "model.safetensors"
     trained = processing.run("segunify:train", {
         "INPUT": str(folder), "CLASSES": 3, "STEPS": 5, "BATCH_SIZE": 4, "WINDOW": 224, "MAX_WINDOWS": 8,
-        "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(model)})
+        "BACKBONE": "deit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(model)})
     assert trained["OUTPUT"] == str(model) and model.stat().st_size > 0
     classes = tmp_path / "classes.tif"
     processing.run("segunify:segment", {"INPUT": str(sample_copy("rasterio/rgb3.tif")), "MODEL": str(model),
@@ -360,7 +360,7 @@ def test_qgis_process_name_and_merge_then_segment(plugin_dir, sample_copy, tiny_
     six = tmp_path / "six.safetensors"
     fit = subprocess.run([str(VENV_PYTHON), "-m", "segunify_cli", "tile-segment", str(src), str(tmp_path / "fit.tif"),
                           "--classes", "6", "--fit-steps", "20", "--fit-windows", "8", "--no-flip", "--window", "224",
-                          "--stride", "224", "--backbone", "vit_tiny_patch16_224", "--backbone-weights",
+                          "--stride", "224", "--backbone", "deit_tiny_patch16_224", "--backbone-weights",
                           str(tiny_weights), "--device", "cpu", "--save-model", str(six), "--quiet"],
                          capture_output=True, text=True, timeout=900)
     assert fit.returncode == 0, fit.stderr
@@ -395,7 +395,7 @@ def test_distil_on_a_sample_then_segment_with_the_fast_model(sample_copy, tiny_w
     teacher, named, fast = tmp_path / "teacher.safetensors", tmp_path / "named.safetensors", tmp_path / "fast.safetensors"
     processing.run("segunify:train", {
         "INPUT": str(src.parent), "CLASSES": 3, "STEPS": 5, "BATCH_SIZE": 4, "WINDOW": 224, "MAX_WINDOWS": 4,
-        "BACKBONE": "vit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(teacher)})
+        "BACKBONE": "deit_tiny_patch16_224", "BACKBONE_WEIGHTS": str(tiny_weights), "OUTPUT": str(teacher)})
     processing.run("segunify:classes", {"MODEL": str(teacher), "TABLE": ["1", "roofs", "", "", "2", "fields", "", "",
                                                                            "3", "water", "", ""],
                                         "OUTPUT": str(named)})
