@@ -307,7 +307,7 @@ def test_segment_dialog_shows_every_parameter_with_its_default():
         assert (widget["WINDOW"].value(), widget["STRIDE"].value()) == (settings.WINDOW, settings.STRIDE)
         assert widget["CRF"].currentText() == settings.CRF and widget["DEVICE"].currentText() == settings.DEVICE
         assert [widget["CRF"].itemText(i) for i in range(widget["CRF"].count())] == list(settings.CRF_BACKENDS)
-        assert widget["FLIP"].isChecked() is settings.FLIP and widget["BACKBONE"].text() == settings.BACKBONE
+        assert widget["FLIP"].isChecked() is settings.FLIP and widget["BACKBONE"].currentText() == settings.BACKBONE
     finally:
         dialog.close()
 
