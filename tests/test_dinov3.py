@@ -20,7 +20,6 @@ from segunify_core.method.backbone import create_backbone
 from segunify_core.method.checkpoints import load_weights
 from segunify_core.method.registry import IMAGENET, Normalization, registered_normalization, resolve_backbone
 from segunify_core.synthetic import make_blobs, write_geotiff
-from tests.conftest import TINY_VIT
 from tests.test_potsdam import fabricate
 
 CLI = [sys.executable, "-m", "segunify_cli"]
@@ -179,9 +178,10 @@ def test_normalisation_follows_the_weights_and_old_model_files_keep_imagenet(tin
     from segunify_core.files.model_file import save_model
     from segunify_core.method.model import ModelConfig, SegUnifyModel
 
-    backbone = create_backbone(TINY_VIT, tiny_weights)
+    half = "vit_tiny_patch16_224"  # ViT-Ti/16 weights trained on inputs normalised with 0.5 (tiny_weights fit it)
+    backbone = create_backbone(half, tiny_weights)
     assert backbone.normalization == Normalization((0.5,) * 3, (0.5,) * 3)
-    model = SegUnifyModel(ModelConfig(backbone=TINY_VIT, classes=2, feature_dim=192, patch_size=16), backbone)
+    model = SegUnifyModel(ModelConfig(backbone=half, classes=2, feature_dim=192, patch_size=16), backbone)
     path = tmp_path / "m.safetensors"
     save_model(model, path)
     meta, tensors = read_model_file(path)
