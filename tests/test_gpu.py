@@ -177,14 +177,15 @@ def test_bench_cuda_branch_runs_on_cpu():
     run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--device", "cuda", "--dry-run"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    tiny = "vit_tiny_patch16_224"  # bench/gpu.py's DRY_RUN backbone
     lines = {line["name"]: line for line in map(json.loads, run.stdout.strip().splitlines())}
-    assert set(lines) == {f"gpu_backbone_share_{TINY_VIT}", f"gpu_end_to_end_{TINY_VIT}_no_crf",
-                          f"gpu_end_to_end_{TINY_VIT}_crf_torch"}
-    share = lines[f"gpu_backbone_share_{TINY_VIT}"]
+    assert set(lines) == {f"gpu_backbone_share_{tiny}", f"gpu_end_to_end_{tiny}_no_crf",
+                          f"gpu_end_to_end_{tiny}_crf_torch"}
+    share = lines[f"gpu_backbone_share_{tiny}"]
     assert 0 < share["value"] and share["matmul_tflops"] > 0 and share["batch"] == 4
     assert share["batch_choice"] == "fixed (no CUDA)" and share["images_per_call"] == 8
     for crf in ("no_crf", "crf_torch"):
-        e2e = lines[f"gpu_end_to_end_{TINY_VIT}_{crf}"]
+        e2e = lines[f"gpu_end_to_end_{tiny}_{crf}"]
         assert e2e["value"] > 0 and e2e["windows"] == 1 and e2e["raster"] == 320 and e2e["flip"] is True
         assert e2e["precision"] == share["precision"] and e2e["peak_gpu_memory_gib"] is None
         assert "target" not in e2e  # the H100 goal is judged only on a GPU
