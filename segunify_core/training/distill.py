@@ -32,14 +32,9 @@ from .. import settings
 from ..device import api_device
 from ..errors import SegUnifyError
 from ..files.manifest import file_sha256
-from ..files.model_file import (
-    read_json_metadata,
-    read_model_file,
-    recorded_weights,
-    save_model,
-    write_safetensors,
-)
+from ..files.model_file import read_model_file, recorded_weights, save_model
 from ..files.raster_io import open_raster
+from ..files.training_state import read_training_state, write_training_state
 from ..method.backbone import choose_precision
 from ..method.legend import Legend
 from ..method.student import FAST_KIND, FastConfig, FastModel, new_fast_model
@@ -161,37 +156,14 @@ def _learning_rate(options: DistillOptions, step: int) -> float:
     return options.lr * warm * 0.5 * (1 + math.cos(math.pi * step / options.steps))
 
 
-def _save_state(path: Path, model: FastModel, optimizer: torch.optim.Optimizer, step: int,
-                extra: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for idx, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
-    write_safetensors(path, tensors, {"format": STATE_FORMAT, "step": step, **extra})
-
-
-def _load_state(path: Path, model: FastModel, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> int:
-    damaged = SegUnifyError(f"Distillation state '{path}' is damaged; delete it and distil without resuming "
-                            "(--resume).")
-    try:
-        meta, tensors = read_json_metadata(path)
-    except Exception:
-        raise damaged from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
-        raise damaged
-    if any(meta.get(k) != v for k, v in extra.items()):
+def _load_state(path: Path, model: FastModel, optimizer: torch.optim.Optimizer, identity: dict[str, Any]) -> int:
+    state = read_training_state(path, STATE_FORMAT, f"Distillation state '{path}' is damaged; delete it and distil "
+                                "without resuming (--resume).")
+    if any(state.meta.get(k) != v for k, v in identity.items()):
         raise SegUnifyError(f"The distillation state '{path}' was made with another teacher, data or settings; rerun "
                             "with the same ones or start over without resuming (drop --resume).")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    opt["state"] = state
-    optimizer.load_state_dict(opt)
-    return int(meta["step"])
+    state.restore(model, optimizer)
+    return state.step
 
 
 @torch.inference_mode()
@@ -276,7 +248,8 @@ def distill(model_path: str | Path, data: Sequence[str | Path], output: str | Pa
         if progress:
             progress("distill", step, options.steps, {"loss": loss, "kl": kl.item(), "ce": ce.item(), "lr": lr})
         if step % options.checkpoint_every == 0 and step < options.steps:
-            _save_state(checkpoint, model, optimizer, step, identity)
+            write_training_state(checkpoint, model.state_dict(), optimizer,
+                                 {"format": STATE_FORMAT, "step": step, **identity})
     model.eval()
     agreement = cache_agreement(model, cache, torch_device)
     model.legend = legend

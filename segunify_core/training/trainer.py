@@ -25,7 +25,8 @@ import torch
 from .. import settings
 from ..device import api_device
 from ..errors import SegUnifyError
-from ..files.model_file import read_json_metadata, save_model, write_safetensors
+from ..files.model_file import save_model
+from ..files.training_state import TrainingState, read_training_state, write_training_state
 from ..method.backbone import Backbone, create_backbone
 from ..method.losses import energy
 from ..method.model import HeadConfig, ModelConfig, SegUnifyModel
@@ -150,18 +151,10 @@ def lr_factor(schedule: str, step: int, steps: int, power: float, epoch_steps: i
     raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
 
 
-def read_train_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A training checkpoint's metadata and tensors; SegUnifyError for anything else (checked without
-    `assert`, so also under `python -O`)."""
-    damaged = SegUnifyError(f"Training checkpoint '{path}' is damaged or not a SegUnify checkpoint; delete it "
-                            "and train without resuming (--resume).")
-    try:
-        meta, tensors = read_json_metadata(path)
-    except Exception:  # unreadable safetensors, no or broken JSON metadata
-        raise damaged from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("step"), int):
-        raise damaged
-    return meta, tensors
+def read_train_state(path: Path) -> TrainingState:
+    """A training checkpoint; SegUnifyError for anything else."""
+    return read_training_state(path, STATE_FORMAT, f"Training checkpoint '{path}' is damaged or not a SegUnify "
+                               "checkpoint; delete it and train without resuming (--resume).")
 
 
 class Trainer:
@@ -253,35 +246,19 @@ class Trainer:
     def save_state(self, path: Path, extra: dict[str, Any],
                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
         """extra: JSON-able values; extra_tensors: more tensors (read back as `self.extra_tensors`)."""
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.head_state().items()}
-        opt = self.optimizer.state_dict()
-        for idx, state in opt["state"].items():
-            for name, value in state.items():
-                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
-        for name, value in (extra_tensors or {}).items():
-            tensors[f"extra.{name}"] = value.detach().cpu().contiguous()
         meta = {"format": STATE_FORMAT, "step": self.step, "config": dataclasses.asdict(self.config), **extra}
         if self.scaler is not None:
             meta["scaler"] = self.scaler.state_dict()
-        write_safetensors(path, tensors, meta)
+        write_training_state(path, self.model.head_state(), self.optimizer, meta, extra_tensors)
 
     def load_state(self, path: Path) -> dict[str, Any]:
-        meta, tensors = read_train_state(path)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
-                                   strict=False)
-        opt = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value
-        opt["state"] = state
-        self.optimizer.load_state_dict(opt)
-        self.extra_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-        if self.scaler is not None and "scaler" in meta:
-            self.scaler.load_state_dict(meta["scaler"])
-        self.step = int(meta["step"])
-        return meta
+        state = read_train_state(path)
+        state.restore(self.model, self.optimizer, strict=False)  # the backbone is not in the state
+        self.extra_tensors = state.extra
+        if self.scaler is not None and "scaler" in state.meta:
+            self.scaler.load_state_dict(state.meta["scaler"])
+        self.step = state.step
+        return state.meta
 
 
 def new_model(backbone: Backbone, config: TrainConfig, gsd: float | None) -> SegUnifyModel:
