@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,42 @@ def generated_raster(path: Path, side: int, tile: np.ndarray | None = None, gsd:
                 h, w = min(t, side - row), min(t, side - col)
                 ds.write(tile[:, :h, :w], window=Window(col, row, w, h))
     return path
+
+
+def segment_in_child(model: Path, weights: Path, src: Path, dst: Path, *, precision: str | None = None,
+                     flip: bool | None = None, warm: Path | None = None, repeat: int = 1) -> dict:
+    """tile-segment `src` in a fresh process, as the CLI runs it: the best of `repeat` runs in seconds,
+    the one-off start (`warm`, a small raster segmented first) and the process's own peak RSS."""
+    job = {"model": str(model), "weights": str(weights), "src": str(src), "dst": str(dst), "precision": precision,
+           "flip": flip, "warm": str(warm) if warm else None, "repeat": repeat}
+    out = subprocess.run([sys.executable, __file__, "--segment-child", json.dumps(job)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _segment_child(job: dict) -> None:
+    from segunify_core.files.model_file import load_model
+    from segunify_core.job.segment import SegmentOptions, segment_raster
+    from segunify_core.method.backbone import reuse_freed_memory
+
+    reuse_freed_memory()  # as the CLI does
+    precision = {"precision": job["precision"]} if job["precision"] else {}
+    model = load_model(job["model"], backbone_weights=job["weights"], **precision)
+    options = SegmentOptions(overwrite=True, **({} if job["flip"] is None else {"flip": job["flip"]}))
+    warmup = 0.0
+    if job["warm"]:
+        start = time.perf_counter()
+        segment_raster(job["warm"], str(Path(job["dst"]).with_suffix(".warm.tif")), model, options)
+        warmup = time.perf_counter() - start
+    seconds = float("inf")
+    for _ in range(job["repeat"]):
+        start = time.perf_counter()
+        segment_raster(job["src"], job["dst"], model, options)
+        seconds = min(seconds, time.perf_counter() - start)
+    # VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps({"seconds": seconds, "warmup_seconds": warmup, "peak_rss_mb": peak / 1024}))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--segment-child"]:
+    _segment_child(json.loads(sys.argv[2]))

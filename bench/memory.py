@@ -10,27 +10,12 @@ that scales with the raster (blend buffers, I/O) does not depend on the backbone
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, generated_raster, random_checkpoint, report
-
-CHILD = """
-import json, sys, time
-sys.path.insert(0, {repo!r})
-from segunify_core.files.model_file import load_model
-from segunify_core.job.segment import SegmentOptions, segment_raster
-model = load_model({model!r}, backbone_weights={weights!r})
-start = time.perf_counter()
-segment_raster({src!r}, {dst!r}, model, SegmentOptions(overwrite=True))
-# VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 1024}}))
-"""
+from common import REPO, generated_raster, random_checkpoint, report, segment_in_child
 
 
 def main() -> None:
@@ -52,11 +37,7 @@ def main() -> None:
         for side in args.sizes:
             src = generated_raster(tmp / f"in_{side}.tif", side)
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO), model=str(model),
-                                                                     weights=str(weights), src=str(src),
-                                                                     dst=str(tmp / f"out_{side}.tif"))],
-                                 capture_output=True, text=True, check=True)
-            results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[side] = segment_in_child(model, weights, src, tmp / f"out_{side}.tif")
             report(f"peak_rss_{side}", results[side]["peak_rss_mb"], "MB", seconds=round(results[side]["seconds"], 1),
                    wall=round(time.perf_counter() - t0, 1))
             src.unlink()

@@ -19,8 +19,6 @@ beyond 8x its GSD).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,24 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from common import REPO, generated_raster, random_checkpoint, report
+from common import REPO, generated_raster, random_checkpoint, report, segment_in_child
 
 SAMPLES = ["rasterio/cogeo.tif", "spacenet/atlanta_pan_0.5m.tif", "rasterio/RGB.byte.tif", "rasterio/world.rgb.tif"]
 SAMPLE_TEACHER = ["rasterio/cogeo.tif", "spacenet/atlanta_pan_0.5m.tif"]  # the teacher's training data (0.5-0.6 m)
 SAMPLE_DISTIL = ["rasterio/cogeo.tif"]  # what distillation sees
-
-CHILD = """
-import json, sys, time
-sys.path.insert(0, {repo!r})
-from segunify_core.files.model_file import load_model
-from segunify_core.job.segment import SegmentOptions, segment_raster
-model = load_model({model!r}, backbone_weights={weights!r})
-start = time.perf_counter()
-segment_raster({src!r}, {dst!r}, model, SegmentOptions(overwrite=True))
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 1024}}))
-"""
-
 
 def labels_of(model, weights, src: Path, dst: Path, reuse: bool = False) -> np.ndarray:
     from segunify_core.job.segment import SegmentOptions, segment_raster
@@ -59,13 +44,6 @@ def labels_of(model, weights, src: Path, dst: Path, reuse: bool = False) -> np.n
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     valid = (a > 0) & (b > 0)
     return float((a[valid] == b[valid]).mean())
-
-
-def timed_child(model: Path, weights: Path, src: Path, dst: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO), model=str(model), weights=str(weights),
-                                                             src=str(src), dst=str(dst))],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -165,13 +143,13 @@ def speed(args, tmp: Path, teachers: dict, weights: Path, students: list, steps:
     """Megapixels per second end to end and peak RSS of the teacher and each student, each in its own process."""
     src = generated_raster(tmp / f"speed_{side}.tif", side)
     mp = side * side / 1e6
-    teacher_run = timed_child(teachers["generated"], weights, src, tmp / "speed_teacher.tif")
+    teacher_run = segment_in_child(teachers["generated"], weights, src, tmp / "speed_teacher.tif")
     teacher_rate = mp / teacher_run["seconds"]
     report("realtime_teacher_mp_per_s", teacher_rate, "MP/s", side=side, seconds=round(teacher_run["seconds"], 1),
            peak_rss_mb=round(teacher_run["peak_rss_mb"]))
     for student in students:
         fast = tmp / f"fast_generated_{student}_{steps[-1]}.safetensors"
-        run = timed_child(fast, weights, src, tmp / f"speed_{student}.tif")
+        run = segment_in_child(fast, weights, src, tmp / f"speed_{student}.tif")
         rate = mp / run["seconds"]
         report(f"realtime_{student}_mp_per_s", rate, "MP/s", side=side, seconds=round(run["seconds"], 1),
                peak_rss_mb=round(run["peak_rss_mb"]))

@@ -44,7 +44,6 @@ matmul rate, batch size, precision, peak GPU memory); with `--dry-run` on the CP
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from pathlib import Path
 
 import rasterio
 import torch
-from common import REPO, generated_raster, random_checkpoint, report, vit_flops
+from common import generated_raster, random_checkpoint, report, segment_in_child, vit_flops
 
 from segunify_core import settings
 from segunify_core.method.backbone import choose_precision, create_backbone, reuse_freed_memory
@@ -220,28 +219,6 @@ def pipeline_section(tmp: Path, precision: str, side: int, batch: int, repeat: i
            megapixels_per_s=round(side * side / best["pipeline"] / 1e6, 3))
 
 
-CHILD = """
-import json, sys, time
-sys.path.insert(0, {repo!r})
-from segunify_core.method.backbone import reuse_freed_memory
-from segunify_core.files.model_file import load_model
-from segunify_core.job.segment import SegmentOptions, segment_raster
-reuse_freed_memory()  # as the CLI does
-model = load_model({model!r}, backbone_weights={weights!r}, precision={precision!r})
-start = time.perf_counter()
-segment_raster({warm!r}, {warm_out!r}, model, SegmentOptions(flip=False, overwrite=True))
-warmup = time.perf_counter() - start
-seconds = float("inf")
-for _ in range({repeat}):
-    start = time.perf_counter()
-    segment_raster({src!r}, {dst!r}, model, SegmentOptions(flip=False, overwrite=True))
-    seconds = min(seconds, time.perf_counter() - start)
-# VmHWM: this process's own peak (ru_maxrss would start from the parent's RSS at fork)
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"seconds": seconds, "warmup_seconds": warmup, "rss_mb": peak / 1024}}))
-"""
-
-
 def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) -> None:
     from segunify_core.training.trainer import TrainConfig, train
 
@@ -256,13 +233,8 @@ def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) 
     results = {}
     for side in sides:
         src = generated_raster(tmp / f"s{side}.tif", side)
-        out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO), model=str(model), weights=str(weights),
-                                                                 precision=precision, src=str(src), warm=str(warm),
-                                                                 warm_out=str(tmp / "warm_out.tif"),
-                                                                 dst=str(tmp / f"o{side}.tif"),
-                                                                 repeat=1 if side == sides[-1] else 2)],
-                             capture_output=True, text=True, check=True)
-        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[side] = segment_in_child(model, weights, src, tmp / f"o{side}.tif", precision=precision, flip=False,
+                                         warm=warm, repeat=1 if side == sides[-1] else 2)
         src.unlink()
         (tmp / f"o{side}.tif").unlink()
     for a, b in zip(sides, sides[1:], strict=False):
@@ -272,9 +244,9 @@ def scaling_section(tmp: Path, precision: str, sides: list[int], backbone: str) 
                ok=0.9 * pixels <= ratio <= 1.1 * pixels, pixel_ratio=pixels, backbone=backbone, flip=False,
                seconds={k: round(v["seconds"], 1) for k, v in results.items() if k in (a, b)},
                warmup_s={k: round(v["warmup_seconds"], 1) for k, v in results.items() if k in (a, b)})
-    rss = results[sides[-1]]["rss_mb"] / results[sides[0]]["rss_mb"]
+    rss = results[sides[-1]]["peak_rss_mb"] / results[sides[0]]["peak_rss_mb"]
     report(f"scaling_rss_{sides[-1]}_vs_{sides[0]}", rss, "x", target="<= 1.25", ok=rss <= 1.25,
-           rss_mb={k: round(v["rss_mb"], 1) for k, v in results.items()})
+           rss_mb={k: round(v["peak_rss_mb"], 1) for k, v in results.items()})
 
 
 def main() -> None:
