@@ -18,6 +18,7 @@ import os
 import posixpath
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -164,54 +165,43 @@ def _object_error(url: str, exc: BaseException, writing: bool) -> SegUnifyError:
                          "URL and the credentials.")
 
 
-def upload(local: Path, url: str) -> None:
-    """Put a finished local file at `url` as one object (it appears whole when its upload completes;
-    a failed upload leaves no object)."""
-    fs, path = filesystem(url)
+def _on_object(url: str, operation: Callable[[Any, str], Any], writing: bool = False) -> Any:
+    """operation(filesystem, key) on the object at `url`; its failure as one sentence."""
+    fs, key = filesystem(url)
     try:
-        fs.put_file(str(local), path)
+        return operation(fs, key)
     except SegUnifyError:
         raise
     except Exception as exc:
-        raise _object_error(url, exc, writing=True) from None
+        raise _object_error(url, exc, writing=writing) from None
+
+
+def upload(local: Path, url: str) -> None:
+    """Put a finished local file at `url` as one object (it appears whole when its upload completes;
+    a failed upload leaves no object)."""
+    _on_object(url, lambda fs, key: fs.put_file(str(local), key), writing=True)
 
 
 def exists(path: Location) -> bool:
     if not is_object_store(path):
         return Path(path).exists()
-    fs, inner = filesystem(str(path))
-    try:
-        return bool(fs.exists(inner))
-    except Exception as exc:
-        raise _object_error(str(path), exc, writing=False) from None
+    return bool(_on_object(str(path), lambda fs, key: fs.exists(key)))
 
 
 def is_file(path: Location) -> bool:
     if not is_object_store(path):
         return Path(path).is_file()
-    fs, inner = filesystem(str(path))
-    try:
-        return bool(fs.isfile(inner))
-    except Exception as exc:
-        raise _object_error(str(path), exc, writing=False) from None
+    return bool(_on_object(str(path), lambda fs, key: fs.isfile(key)))
 
 
 def read_bytes(path: Location) -> bytes:
     if not is_object_store(path):
         return Path(path).read_bytes()
-    fs, inner = filesystem(str(path))
-    try:
-        return bytes(fs.cat_file(inner))
-    except Exception as exc:
-        raise _object_error(str(path), exc, writing=False) from None
+    return bytes(_on_object(str(path), lambda fs, key: fs.cat_file(key)))
 
 
 def download(url: str, local: Path) -> None:
-    fs, inner = filesystem(url)
-    try:
-        fs.get_file(inner, str(local))
-    except Exception as exc:
-        raise _object_error(url, exc, writing=False) from None
+    _on_object(url, lambda fs, key: fs.get_file(key, str(local)))
 
 
 def sha256(path: Location) -> str:
@@ -251,11 +241,7 @@ def remove_tree(folder: Location) -> None:
 
 def list_objects(prefix: str, suffixes: set[str]) -> list[str]:
     """The objects under an s3:// prefix whose names end in one of `suffixes` (sorted URLs)."""
-    fs, inner = filesystem(prefix)
-    try:
-        found = fs.find(inner.rstrip("/"))
-    except Exception as exc:
-        raise _object_error(prefix, exc, writing=False) from None
+    found = _on_object(prefix, lambda fs, key: fs.find(key.rstrip("/")))
     scheme = prefix.split("://", 1)[0]
     return sorted(f"{scheme}://{key}" for key in found
                   if posixpath.splitext(key)[1].lower() in suffixes and not posixpath.basename(key).startswith("."))
