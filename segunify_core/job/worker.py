@@ -1,6 +1,7 @@
 """The worker side of a Dask run: the task that runs one part, the model each worker process loads
 once, and the worker set-up (torch threads, allocator). The driver (`engines.py`) uses only
-`run_part_task`, `torch_threads_plugin`, `host_of` and `import_distributed`.
+`run_part_task`, `torch_threads_plugin`, `host_of` and `import_distributed`; distillation's teacher
+shards use `process_model`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def worker_model(job: JobSpec, facts: RunFacts):
     long-lived cluster many jobs with the same model)."""
     if facts.model_file is None:
         raise ValueError("a part run on a worker needs the model file (RunFacts.model_file)")
-    return _load_worker_model(facts.model_file, facts.model_sha256, facts.backbone_weights, facts.device,
-                              facts.precision, facts.fuse, job.crf)
+    return process_model(facts.model_file, facts.model_sha256, facts.backbone_weights, facts.device,
+                         facts.precision, facts.fuse, job.crf)
 
 
 @functools.lru_cache(maxsize=1)  # keyed by what the loaded model depends on (the file's hash included)
-def _load_worker_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
-                       precision: str, fuse: bool | str, crf: str):
+def process_model(model_file: str, model_sha256: str | None, backbone_weights: str | None, device_name: str,
+                  precision: str, fuse: bool | str, crf: str):
+    """A model file's model (on `device_name`, in eval mode) and its CRF, loaded once per worker
+    process: by the parts of a job and by distillation's teacher shards."""
     from ..files.model_file import load_model
     from ..method.backbone import choose_precision
     from ..method.crf import make_crf

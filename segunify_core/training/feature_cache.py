@@ -159,16 +159,6 @@ def _worker_backbone(name: str, weights: str | None, precision: str, device: str
     return create_backbone(name, weights, precision=precision, fuse=fuse, normalization=norm).to(torch.device(device))
 
 
-@functools.lru_cache(maxsize=1)  # likewise one teacher (a model file's whole pipeline) per process
-def _worker_teacher(model_file: str, weights: str | None, precision: str, device: str, fuse: bool | str,
-                    crf: str):
-    from ..files.model_file import load_model
-    from ..method.crf import make_crf
-
-    model = load_model(model_file, backbone_weights=weights, precision=precision, fuse=fuse)
-    return model.to(torch.device(device)).eval(), make_crf(crf, workers=1)
-
-
 # A teacher for `compute_shard`: (model file, backbone weights, precision, device, fuse, CRF name).
 TeacherSpec = tuple[str, str | None, str, str, bool | str, str]
 
@@ -178,9 +168,11 @@ def _shard_values(backbone: tuple[Any, ...] | None, teacher: TeacherSpec | None,
     """What a shard stores of a batch of windows: backbone features (both views), or each window's RGB
     followed by a teacher's cluster probabilities (`inference.teacher_probabilities`), (B, 3 + K, S, S)."""
     if teacher is not None:
+        from ..job.worker import process_model
         from ..method.inference import teacher_probabilities
 
-        model, crf = _worker_teacher(*teacher)
+        model_file, weights, precision, device, fuse, crf_name = teacher
+        model, crf = process_model(model_file, None, weights, device, precision, fuse, crf_name)
         return lambda x: torch.cat([x, teacher_probabilities(model, x, flip, crf).float()], 1)
     assert backbone is not None
     net = _worker_backbone(*backbone)
