@@ -159,7 +159,24 @@ def declared_arguments(alg, cls, parameters, context, command=settings.TILE_SEGM
     return args
 
 
+def _with_model_suffix(path: str) -> str:
+    return path if path.endswith(".safetensors") else path + ".safetensors"
+
+
 class _Base(QgsProcessingAlgorithm):
+    NAME: str  # the algorithm's id in the provider
+    TITLE: str  # its name in the Processing toolbox
+    HELP: str  # the dialog's help panel
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return self.TITLE
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return self.HELP
+
     def group(self):
         return None
 
@@ -211,32 +228,27 @@ class _Base(QgsProcessingAlgorithm):
 
 
 class SegmentAlgorithm(_Base):
-    def name(self):
-        return "segment"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Segment raster"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Segments an orthophoto into classes without any labels and writes a class raster (classes 1..K, "
-            "0 = nodata) on exactly the input's grid, styled with one colour per class.\n\n"
-            "Input raster: a file-backed raster layer (GeoTIFF, JPEG, PNG, ...); alpha, nodata and masks are "
-            "honoured.\nBands: three bands to use as RGB, or one band (used as grey); empty = the first three.\n"
-            "Model file: a model from 'Train model' (labels then mean the same thing in every raster; names and "
-            "colours set with 'Name and merge classes' label the layer). Empty: "
-            "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
-            f"Number of classes: for self-fit only ({settings.MAP_CLASSES} to start; name and merge them later).\n"
-            "Window size / Stride: tile size and step in model pixels (the raster resampled to the model's ground "
-            "resolution, or its own pixels with Keep native resolution); windows overlap by window - stride and are "
-            "blended without seams.\nCRF refinement: refines class edges along image edges (auto uses pydensecrf "
-            "if installed).\nFlip averaging: also looks at each window mirrored (better, twice the time).\n"
-            f"Class raster: the output GeoTIFF; empty writes <input name>{OUTPUT_SUFFIX}.tif beside the input.\n"
-            "Polygons: optional GeoPackage of the classes; Minimum polygon area: regions smaller than this many "
-            "square metres are merged into their neighbours.\n\nAdvanced: Windows per batch: windows per backbone "
-            "call (more is faster on a GPU and needs more memory). Keep native resolution: segment at the input's "
-            "own pixel size instead of resampling it to the model's ground sampling distance. "
-            + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
+    NAME = "segment"
+    TITLE = "Segment raster"
+    HELP = (
+        "Segments an orthophoto into classes without any labels and writes a class raster (classes 1..K, "
+        "0 = nodata) on exactly the input's grid, styled with one colour per class.\n\n"
+        "Input raster: a file-backed raster layer (GeoTIFF, JPEG, PNG, ...); alpha, nodata and masks are "
+        "honoured.\nBands: three bands to use as RGB, or one band (used as grey); empty = the first three.\n"
+        "Model file: a model from 'Train model' (labels then mean the same thing in every raster; names and "
+        "colours set with 'Name and merge classes' label the layer). Empty: "
+        "a model with 'Number of classes' is fitted on this raster itself (self-fit).\n"
+        f"Number of classes: for self-fit only ({settings.MAP_CLASSES} to start; name and merge them later).\n"
+        "Window size / Stride: tile size and step in model pixels (the raster resampled to the model's ground "
+        "resolution, or its own pixels with Keep native resolution); windows overlap by window - stride and are "
+        "blended without seams.\nCRF refinement: refines class edges along image edges (auto uses pydensecrf "
+        "if installed).\nFlip averaging: also looks at each window mirrored (better, twice the time).\n"
+        f"Class raster: the output GeoTIFF; empty writes <input name>{OUTPUT_SUFFIX}.tif beside the input.\n"
+        "Polygons: optional GeoPackage of the classes; Minimum polygon area: regions smaller than this many "
+        "square metres are merged into their neighbours.\n\nAdvanced: Windows per batch: windows per backbone "
+        "call (more is faster on a GPU and needs more memory). Keep native resolution: segment at the input's "
+        "own pixel size instead of resampling it to the model's ground sampling distance. "
+        + BACKBONE_HELP + "\n\n" + SPEED_NOTE)
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -291,27 +303,22 @@ class SegmentAlgorithm(_Base):
 
 
 class TrainAlgorithm(_Base):
-    def name(self):
-        return "train"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Train model"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Trains a SegUnify model on a folder of orthophotos (GeoTIFF, PNG, JPEG, any size) without labels, "
-            "for use in 'Segment raster'.\n\nFolder: searched recursively for images.\nModel file: the output "
-            "(.safetensors).\nNumber of classes: K, the classes the model separates ("
-            f"{settings.MAP_CLASSES} to start; name and merge them later).\nSteps / Batch size: "
-            f"training length (the defaults, {settings.STEPS} x {settings.BATCH_SIZE}, are the published setting).\n"
-            f"Window size: training windows in pixels ({settings.TRAIN_WINDOW}).\nMaximum windows: windows sampled "
-            "from the data; their features are computed once and cached on disk, so later steps are fast.\n\n"
-            "Advanced: extra clusters, the Adam learning rates (Learning rate, Compressor / Learning rate, "
-            "prototypes), EMA momentum alpha, temperature, the smoothness shifts (Closeness shift b1 and Cross-image shift b2) that tune "
-            "how eagerly similar patches are grouped, and the random seed (same seed and data give the same model). "
-            + BACKBONE_HELP + "\n\nSpeed: on a 2-core CPU the first pass computes "
-            "about 1000 windows per 10 minutes (ViT-S/8, with flips); training steps then take well under a "
-            "second each.")
+    NAME = "train"
+    TITLE = "Train model"
+    HELP = (
+        "Trains a SegUnify model on a folder of orthophotos (GeoTIFF, PNG, JPEG, any size) without labels, "
+        "for use in 'Segment raster'.\n\nFolder: searched recursively for images.\nModel file: the output "
+        "(.safetensors).\nNumber of classes: K, the classes the model separates ("
+        f"{settings.MAP_CLASSES} to start; name and merge them later).\nSteps / Batch size: "
+        f"training length (the defaults, {settings.STEPS} x {settings.BATCH_SIZE}, are the published setting).\n"
+        f"Window size: training windows in pixels ({settings.TRAIN_WINDOW}).\nMaximum windows: windows sampled "
+        "from the data; their features are computed once and cached on disk, so later steps are fast.\n\n"
+        "Advanced: extra clusters, the Adam learning rates (Learning rate, Compressor / Learning rate, "
+        "prototypes), EMA momentum alpha, temperature, the smoothness shifts (Closeness shift b1 and Cross-image shift b2) that tune "
+        "how eagerly similar patches are grouped, and the random seed (same seed and data give the same model). "
+        + BACKBONE_HELP + "\n\nSpeed: on a 2-core CPU the first pass computes "
+        "about 1000 windows per 10 minutes (ViT-S/8, with flips); training steps then take well under a "
+        "second each.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("INPUT", "Folder of orthophotos",
@@ -344,8 +351,7 @@ class TrainAlgorithm(_Base):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         folder = self.parameterAsFile(parameters, "INPUT", context)
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        if not out.endswith(".safetensors"):
-            out += ".safetensors"
+        out = _with_model_suffix(out)
         args = ["train", folder, "-o", out,
                 "--backbone", self.parameterAsString(parameters, "BACKBONE", context) or settings.BACKBONE]
         for name in ("CLASSES", "STEPS", "BATCH_SIZE", "WINDOW", "MAX_WINDOWS", "EXTRA_CLUSTERS", "SEED"):
@@ -360,27 +366,22 @@ class TrainAlgorithm(_Base):
 class DistillAlgorithm(_Base):
     """Distil a fast model: `segunify distill MODEL DATA -o FAST`, its options declared in settings.py."""
 
-    def name(self):
-        return "distill"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Distil a fast model"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Distils a trained model into a fast model: a small convolutional network that reproduces the model's "
-            "classes at a fraction of the cost, for large areas or repeated runs. The fast model file is used in "
-            "'Segment raster' like any model (same legend, colours, resolution and bands).\n\n"
-            "Model file: the teacher, from 'Train model' (or a self-fit saved from the command line).\n"
-            "Input raster / Folder of orthophotos: the data to distil on (one raster, or a folder searched for images).\n"
-            "Student encoder: the network (mobilenetv3_large_100 is the fastest, resnet18 the most faithful).\n"
-            "Steps: distillation steps (more: closer to the teacher). Teacher windows: windows sampled from the "
-            "data; the teacher's probabilities on them are computed once and cached.\nFast model file: the output "
-            "(.safetensors).\n\nAdvanced: Crops per step, Crop (model px), Learning rate, Seed, Teacher flip "
-            "averaging and Teacher CRF (the teacher's pipeline: keep what you segment with). Backbone weights file: "
-            "the teacher's local checkpoint for machines without internet. Device: auto uses a CUDA GPU when "
-            "PyTorch sees one.\n\nSpeed: on a 2-core CPU the teacher pass takes about 1 s per window; each step "
-            "about a second.")
+    NAME = "distill"
+    TITLE = "Distil a fast model"
+    HELP = (
+        "Distils a trained model into a fast model: a small convolutional network that reproduces the model's "
+        "classes at a fraction of the cost, for large areas or repeated runs. The fast model file is used in "
+        "'Segment raster' like any model (same legend, colours, resolution and bands).\n\n"
+        "Model file: the teacher, from 'Train model' (or a self-fit saved from the command line).\n"
+        "Input raster / Folder of orthophotos: the data to distil on (one raster, or a folder searched for images).\n"
+        "Student encoder: the network (mobilenetv3_large_100 is the fastest, resnet18 the most faithful).\n"
+        "Steps: distillation steps (more: closer to the teacher). Teacher windows: windows sampled from the "
+        "data; the teacher's probabilities on them are computed once and cached.\nFast model file: the output "
+        "(.safetensors).\n\nAdvanced: Crops per step, Crop (model px), Learning rate, Seed, Teacher flip "
+        "averaging and Teacher CRF (the teacher's pipeline: keep what you segment with). Backbone weights file: "
+        "the teacher's local checkpoint for machines without internet. Device: auto uses a CUDA GPU when "
+        "PyTorch sees one.\n\nSpeed: on a 2-core CPU the teacher pass takes about 1 s per window; each step "
+        "about a second.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
@@ -404,8 +405,7 @@ class DistillAlgorithm(_Base):
         if not data:
             raise QgsProcessingException("No data to distil on; choose an input raster or a folder of orthophotos.")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        if not out.endswith(".safetensors"):
-            out += ".safetensors"
+        out = _with_model_suffix(out)
         args = ["distill", model, data, "-o", out,
                 *declared_arguments(self, settings.DistillOptions, parameters, context, settings.DISTILL),
                 *self._backbone_args(parameters, context)]
@@ -414,18 +414,13 @@ class DistillAlgorithm(_Base):
 
 
 class VectorizeAlgorithm(_Base):
-    def name(self):
-        return "vectorize"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Vectorize classes"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
-                "neighbours (sieve), then each region becomes a polygon with its class id, class name and area in "
-                "square metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
-                "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify tolerance: "
-                "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
+    NAME = "vectorize"
+    TITLE = "Vectorize classes"
+    HELP = ("Turns a class raster into polygons: regions smaller than the minimum area are merged into their "
+            "neighbours (sieve), then each region becomes a polygon with its class id, class name and area in "
+            "square metres, written to a GeoPackage in the raster's CRS.\n\nClass raster: output of 'Segment raster'.\n"
+            "Minimum area: the minimum mapping unit in square metres (0 keeps every region).\nSimplify tolerance: "
+            "tolerance in CRS units (0 keeps the pixel outlines).\n\nSpeed: a few seconds per 10 megapixels.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
@@ -497,25 +492,20 @@ def legend_arguments(table) -> list[str]:
 
 
 class ClassesAlgorithm(_Base):
-    def name(self):
-        return "classes"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Name and merge classes"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Turns a model's numbered clusters into a map legend: gives classes names and colours and merges "
-            "several clusters into one class, and writes a new model file (the original is kept). Everything "
-            "segmented with the new model carries the legend: the class raster's colours and category names, the "
-            "layer's style in QGIS, the polygons' class_name and the preview.\n\n"
-            "Model file: a model from 'Train model' or saved by 'Segment raster'.\n"
-            "Classes table: one row per class to change. id: the class number (as in the class raster). name: the "
-            "new name (empty keeps it). colour: a hex colour such as #c0392b (empty keeps it). merge into: the id of "
-            "another class this one becomes part of; their probabilities add up and the merged class takes the "
-            "name and colour of the class merged into.\n"
-            "After merging, classes are numbered 1, 2, ... in their original order: a merged class takes the place "
-            "of its lowest id. Classes not in the table stay as they are.\n\nSpeed: instant (no image is read).")
+    NAME = "classes"
+    TITLE = "Name and merge classes"
+    HELP = (
+        "Turns a model's numbered clusters into a map legend: gives classes names and colours and merges "
+        "several clusters into one class, and writes a new model file (the original is kept). Everything "
+        "segmented with the new model carries the legend: the class raster's colours and category names, the "
+        "layer's style in QGIS, the polygons' class_name and the preview.\n\n"
+        "Model file: a model from 'Train model' or saved by 'Segment raster'.\n"
+        "Classes table: one row per class to change. id: the class number (as in the class raster). name: the "
+        "new name (empty keeps it). colour: a hex colour such as #c0392b (empty keeps it). merge into: the id of "
+        "another class this one becomes part of; their probabilities add up and the merged class takes the "
+        "name and colour of the class merged into.\n"
+        "After merging, classes are numbered 1, 2, ... in their original order: a merged class takes the place "
+        "of its lowest id. Classes not in the table stay as they are.\n\nSpeed: instant (no image is read).")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
@@ -530,8 +520,7 @@ class ClassesAlgorithm(_Base):
 
         model = self.parameterAsFile(parameters, "MODEL", context)
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        if not out.endswith(".safetensors"):
-            out += ".safetensors"
+        out = _with_model_suffix(out)
         args = legend_arguments(self.parameterAsMatrix(parameters, "TABLE", context))
         events = self._run(["classes", model, "-o", out, "--overwrite", "--json", *args], feedback, {}, [out])
         legend = next((e["classes"] for e in events if "classes" in e), [])
@@ -542,18 +531,13 @@ class ClassesAlgorithm(_Base):
 
 
 class CheckEnvironmentAlgorithm(_Base):
-    def name(self):
-        return "check_environment"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Check environment"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return ("Reports what the SegUnify algorithms will run with: the Python environment (from the provider "
-                "setting, the SEGUNIFY_PYTHON variable or segunify on PATH), the SegUnify and PyTorch versions, "
-                "the device (CPU with or without native bfloat16, or the GPU's name and memory), the CRF backend "
-                "and whether the backbone weights are cached or will be downloaded, and how to fix what is missing. "
-                "Takes a few seconds.")
+    NAME = "check_environment"
+    TITLE = "Check environment"
+    HELP = ("Reports what the SegUnify algorithms will run with: the Python environment (from the provider "
+            "setting, the SEGUNIFY_PYTHON variable or segunify on PATH), the SegUnify and PyTorch versions, "
+            "the device (CPU with or without native bfloat16, or the GPU's name and memory), the CRF backend "
+            "and whether the backbone weights are cached or will be downloaded, and how to fix what is missing. "
+            "Takes a few seconds.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addOutput(QgsProcessingOutputBoolean("OK", "Environment usable"))
@@ -585,28 +569,23 @@ class CheckEnvironmentAlgorithm(_Base):
 class InstallEnvironmentAlgorithm(_Base):
     MODES = ["Install (does nothing if already installed)", "Upgrade SegUnify (keeps PyTorch)"]
 
-    def name(self):
-        return "install_environment"
-
-    def displayName(self):  # noqa: N802 - QGIS API
-        return "Install environment"
-
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Creates SegUnify's own Python environment and sets it in Processing > Options > Providers > "
-            "SegUnify; run it once after installing the plugin. QGIS's own Python is never changed.\n\n"
-            "Environment folder: where the environment goes (any path, spaces and accents are fine; about 1 GB "
-            "with the CPU build of PyTorch, 5-6 GB with the CUDA build). The default is a per-user folder; the "
-            f"SEGUNIFY_ENV_DIR variable moves it.\nMode: Install does nothing when the folder already holds this "
-            "plugin's SegUnify; Upgrade SegUnify replaces SegUnify only (after updating the plugin).\n"
-            "Offline: folder of wheels: wheels made by scripts/build_offline_bundle.py on a machine with internet; "
-            "nothing is then downloaded.\n\nAdvanced: Torch source: empty or auto picks the CUDA build of "
-            "PyTorch when nvidia-smi reports an NVIDIA GPU and the CPU build otherwise; cpu, registry (pip's "
-            f"configured index), an index URL (e.g. https://download.pytorch.org/whl/cu126 for older drivers) "
-            f"or a folder of wheels; the {installer.ENV_TORCH_SOURCE} variable sets the same. Base Python: the "
-            "Python the environment is made from (default: QGIS's own; on Windows the one beside QGIS or on "
-            "PATH).\n\nProxies: HTTPS_PROXY / PIP_CERT and QGIS's proxy (Settings > Options > Network) are "
-            "used. Cancel removes the unfinished environment. Takes 2-10 minutes (downloads 0.3-3 GB).")
+    NAME = "install_environment"
+    TITLE = "Install environment"
+    HELP = (
+        "Creates SegUnify's own Python environment and sets it in Processing > Options > Providers > "
+        "SegUnify; run it once after installing the plugin. QGIS's own Python is never changed.\n\n"
+        "Environment folder: where the environment goes (any path, spaces and accents are fine; about 1 GB "
+        "with the CPU build of PyTorch, 5-6 GB with the CUDA build). The default is a per-user folder; the "
+        f"SEGUNIFY_ENV_DIR variable moves it.\nMode: Install does nothing when the folder already holds this "
+        "plugin's SegUnify; Upgrade SegUnify replaces SegUnify only (after updating the plugin).\n"
+        "Offline: folder of wheels: wheels made by scripts/build_offline_bundle.py on a machine with internet; "
+        "nothing is then downloaded.\n\nAdvanced: Torch source: empty or auto picks the CUDA build of "
+        "PyTorch when nvidia-smi reports an NVIDIA GPU and the CPU build otherwise; cpu, registry (pip's "
+        f"configured index), an index URL (e.g. https://download.pytorch.org/whl/cu126 for older drivers) "
+        f"or a folder of wheels; the {installer.ENV_TORCH_SOURCE} variable sets the same. Base Python: the "
+        "Python the environment is made from (default: QGIS's own; on Windows the one beside QGIS or on "
+        "PATH).\n\nProxies: HTTPS_PROXY / PIP_CERT and QGIS's proxy (Settings > Options > Network) are "
+        "used. Cancel removes the unfinished environment. Takes 2-10 minutes (downloads 0.3-3 GB).")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFile("TARGET", "Environment folder", behavior=FILE_FOLDER,
