@@ -26,7 +26,7 @@ from ..errors import SegUnifyError
 from .legend import Legend
 
 FAST_KIND = "fast"  # the model file's "kind": a fast (distilled) model
-THREAD_SPLIT_CHANNELS = 256  # 1x1 convolutions with this many input channels run outside oneDNN
+THREAD_SPLIT_CHANNELS = 128  # 1x1 convolutions with this many input channels run outside oneDNN
 
 
 @dataclasses.dataclass
@@ -93,6 +93,9 @@ class FastModel(nn.Module):
             if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1 \
                     and module.in_channels >= THREAD_SPLIT_CHANNELS:
                 _thread_independent(module)
+        # The classifier's few output channels make oneDNN split its sum by threads on some CPUs (seen
+        # on AVX-512 EPYC): it runs at 1/4 resolution with K outputs, so float64 costs little here.
+        _thread_independent(self.classifier)
         self.metadata: dict[str, Any] = {"kind": FAST_KIND}
         self.legend = Legend.default(config.n_clusters)
 
